@@ -1,0 +1,26 @@
+"""Test environment: offline Hugging Face and W&B, set before anything imports them."""
+
+import os
+import tempfile
+from pathlib import Path
+
+_TMP = Path(tempfile.mkdtemp(prefix="seqkit-tests-"))
+os.environ.setdefault("HF_HOME", str(_TMP / "hf"))
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_DIR", str(_TMP / "wandb"))
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("SEQKIT_CACHE", str(_TMP / "cache"))
+
+import pytest  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def multi30k() -> Path:
+    path = SHARED_DATA / "multi30k"
+    if not (path / "train.en.gz").exists():
+        pytest.skip(f"Multi30k not found at {path}")
+    return path
