@@ -1,0 +1,137 @@
+"""Token-budget batches: a length-bucketing sampler, a batch-fetching dataset, and `collate`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from seqkit.data.tokenizer import BOS, PAD
+
+Batch = dict[str, Any]
+
+
+class TokenBatchSampler(DistributedSampler):
+    """Yields lists of indices whose padded size `len(batch) * max(length)` is <= `max_tokens`.
+
+    Examples are sorted by length (ties in a seeded random order when shuffling) and cut
+    greedily into batches, whose order is then shuffled by `seed + epoch`. With
+    `shuffle=False` the batches come sorted by length in a fixed order (for evaluation).
+    Each rank takes every `num_replicas`-th batch; the batch list is padded by repeating
+    batches from its start so that every rank gets `len(self)` batches and none waits.
+
+    A subclass of DistributedSampler so that Lightning keeps it under DDP (rather than
+    wrapping it) and calls `set_epoch`; it needs no process group.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        # The parent only needs len(dataset); explicit replicas/rank avoid a process group.
+        super().__init__(
+            lengths,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
+        )
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.max_tokens = max_tokens
+        # Batch boundaries depend only on the sorted lengths, not on how ties are ordered,
+        # so the count is the same every epoch.
+        self.num_batches = len(_cut(np.sort(self.lengths), max_tokens))
+        self.batches_per_rank = -(-self.num_batches // num_replicas)
+
+    def batches(self) -> list[list[int]]:
+        """All batches of this epoch, before sharding."""
+        rng = np.random.default_rng(self.seed + self.epoch)
+        if self.shuffle:
+            order = rng.permutation(len(self.lengths))
+            order = order[np.argsort(self.lengths[order], kind="stable")]
+        else:
+            order = np.argsort(self.lengths, kind="stable")
+        sizes = _cut(self.lengths[order], self.max_tokens)
+        bounds = np.cumsum([0, *sizes])
+        batches = [order[a:b].tolist() for a, b in itertools.pairwise(bounds)]
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+        batches = self.batches()
+        total = self.batches_per_rank * self.num_replicas
+        if batches:
+            batches = (batches * -(-total // len(batches)))[:total]
+        return iter(batches[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+
+def _cut(sorted_lengths: np.ndarray, max_tokens: int) -> list[int]:
+    """Greedy batch sizes over ascending lengths, so the last length is the batch maximum."""
+    sizes: list[int] = []
+    size = 0
+    for length in sorted_lengths.tolist():
+        if size and (size + 1) * length > max_tokens:
+            sizes.append(size)
+            size = 0
+        size += 1  # a single example longer than max_tokens still forms a batch of one
+    if size:
+        sizes.append(size)
+    return sizes
+
+
+class TokenBatchDataset(Dataset):
+    """A tokenized split whose `__getitem__` takes a list of indices and returns their rows.
+
+    For `DataLoader(..., batch_size=None, sampler=TokenBatchSampler(...), collate_fn=collate)`:
+    one call per batch, and Hugging Face fetches many rows at once.
+    """
+
+    def __init__(self, data: datasets.Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, list[Any]]:
+        return self.data[indices]
+
+
+def pad(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B, max length) LongTensor, right-padded with PAD."""
+    tensors = [torch.as_tensor(seq, dtype=torch.long) for seq in sequences]
+    return torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=PAD)
+
+
+def collate(rows: Mapping[str, Sequence[Any]]) -> Batch:
+    """The batch dict from columns `src_ids`, `tgt_ids` (both ending in EOS), `index`,
+    `source` and `target`.
+
+    Returns `src` (B, S), `tgt_in` = BOS + target without its EOS (B, T), `tgt_out` =
+    target with EOS (B, T), all PAD-padded; `index` (B,); raw `src_text` and `tgt_text`.
+    """
+    return {
+        "src": pad(rows["src_ids"]),
+        "tgt_in": pad([[BOS, *ids[:-1]] for ids in rows["tgt_ids"]]),
+        "tgt_out": pad(rows["tgt_ids"]),
+        "index": torch.as_tensor(rows["index"], dtype=torch.long),
+        "src_text": list(rows["source"]),
+        "tgt_text": list(rows["target"]),
+    }

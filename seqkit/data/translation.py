@@ -1,0 +1,348 @@
+"""Parallel text as a LightningDataModule: raw pairs -> BPE -> cached token ids -> batches."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import lightning as L
+import pyarrow.compute as pc
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from seqkit.data.batching import TokenBatchDataset, TokenBatchSampler, collate
+from seqkit.data.sources import load_pairs, read_columns
+from seqkit.data.tokenizer import EOS, Tokenizers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+CACHE_VERSION = 1  # bump when the tokenized layout or the tokenizer recipe changes
+FEATURES = datasets.Features(
+    {
+        "source": datasets.Value("string"),
+        "target": datasets.Value("string"),
+        "index": datasets.Value("int64"),  # row in the raw split
+        "src_ids": datasets.Sequence(datasets.Value("int32")),
+        "tgt_ids": datasets.Sequence(datasets.Value("int32")),
+        "length": datasets.Value("int32"),  # max(len(src_ids), len(tgt_ids)), for batching
+        "overlong": datasets.Value("bool"),  # was truncated to max_length
+    }
+)
+
+
+class TranslationData(L.LightningDataModule):
+    """Parallel text read by `load_pairs`, tokenized with BPE, batched by token count.
+
+    The tokenizer is trained on the train split (or read from `tokenizer`); tokenizer and
+    tokenized splits are cached under `cache_dir`, keyed by the data content and the settings,
+    so a second run and every DDP rank reuse them. Subclasses supply other data by
+    overriding `load_raw`, and call `self.save_hyperparameters()` in their `__init__`.
+
+    Args:
+        path: Data directory, table file or Hugging Face dataset name (see `load_pairs`).
+        src_lang: Source language code; also the default source column.
+        tgt_lang: Target language code; also the default target column.
+        splits: Stage ("train", "val", "test", optionally "predict") -> split name.
+            Default: train/val/test_2016_flickr (Multi30k). Predict uses "test" unless given.
+        source_column: Source column of a table or dataset (default: `src_lang`).
+        target_column: Target column of a table or dataset (default: `tgt_lang`).
+        vocab_size: BPE vocabulary size per tokenizer (at least 260).
+        joint_vocab: One tokenizer for both languages instead of one per side.
+        tokenizer: Directory with tokenizer file(s) to reuse instead of training one
+            (for fine-tuning a trained model).
+        min_frequency: Minimum count of a pair for a BPE merge.
+        max_tokens: Token budget of a training batch, padding included.
+        eval_max_tokens: Token budget of an evaluation batch (default: `max_tokens`).
+        max_length: Longest sequence in tokens, EOS included, on either side.
+        overlong: What to do with training pairs longer than `max_length`: "truncate" them
+            (keeping EOS last) or "drop" them. Val/test pairs are always truncated, never
+            dropped; the count is reported either way.
+        num_workers: DataLoader worker processes (persistent when > 0).
+        seed: Seed of the batch order.
+        cache_dir: Cache directory (default: $SEQKIT_CACHE or ~/.cache/seqkit).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        src_lang: str = "en",
+        tgt_lang: str = "de",
+        splits: dict[str, str] | None = None,
+        source_column: str | None = None,
+        target_column: str | None = None,
+        vocab_size: int = 8000,
+        joint_vocab: bool = True,
+        tokenizer: str | None = None,
+        min_frequency: int = 2,
+        max_tokens: int = 4096,
+        eval_max_tokens: int | None = None,
+        max_length: int = 256,
+        overlong: Literal["truncate", "drop"] = "truncate",
+        num_workers: int = 0,
+        seed: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if type(self) is TranslationData:
+            # A subclass saves its own arguments: Lightning would merge both signatures, and
+            # load_from_checkpoint would then pass the subclass arguments it does not take.
+            self.save_hyperparameters()
+        _check_lengths(max_length, max_tokens, eval_max_tokens, overlong)
+        self.path, self.src_lang, self.tgt_lang = path, src_lang, tgt_lang
+        self.splits = dict(splits if splits is not None else DEFAULT_SPLITS)
+        self.source_column, self.target_column = source_column, target_column
+        self.vocab_size, self.joint_vocab = vocab_size, joint_vocab
+        self.min_frequency = min_frequency
+        self.tokenizer_dir = tokenizer
+        self.max_tokens, self.eval_max_tokens = max_tokens, eval_max_tokens or max_tokens
+        self.max_length, self.overlong = max_length, overlong
+        self.num_workers, self.seed = num_workers, seed
+        default_cache = os.environ.get("SEQKIT_CACHE") or Path.home() / ".cache" / "seqkit"
+        self.cache_root = Path(cache_dir or default_cache).expanduser()
+        self.datasets: dict[str, datasets.Dataset] = {}  # stage -> tokenized split
+        self._raw: dict[str, datasets.Dataset] | None = None
+        self._raw_fingerprints: dict[str, str] = {}
+        self._tokenizers: Tokenizers | None = None
+
+    # --- raw data ---------------------------------------------------------------------------
+
+    def load_raw(self) -> dict[str, datasets.Dataset]:
+        """Stage -> Dataset with string columns "source" and "target"; override for other data."""
+        if self.path is None:
+            raise ValueError(f"{type(self).__name__}: give path= (a directory, file or dataset)")
+        return load_pairs(
+            self.path, self.src_lang, self.tgt_lang, self.splits,
+            self.source_column, self.target_column,
+        )  # fmt: skip
+
+    def raw(self) -> dict[str, datasets.Dataset]:
+        """`load_raw()`, read once."""
+        if self._raw is None:
+            raw = self.load_raw()
+            for stage, data in raw.items():
+                if not {"source", "target"} <= set(data.column_names):
+                    raise ValueError(
+                        f"{type(self).__name__}.load_raw: split {stage!r} has columns "
+                        f"{data.column_names}; expected 'source' and 'target'"
+                    )
+            self._raw = raw
+        return self._raw
+
+    def raw_fingerprint(self, stage: str) -> str:
+        """A hash of the split's text, for cache keys."""
+        if stage not in self._raw_fingerprints:
+            texts = read_columns(self.raw()[stage], ["source", "target"])
+            digest = hashlib.sha256(str(len(texts["source"])).encode())
+            for column in ("source", "target"):
+                digest.update("\0".join(texts[column]).encode("utf-8") + b"\1")
+            self._raw_fingerprints[stage] = digest.hexdigest()[:16]
+        return self._raw_fingerprints[stage]
+
+    # --- tokenizer --------------------------------------------------------------------------
+
+    @property
+    def tokenizers(self) -> Tokenizers:
+        """The tokenizer pair: given, cached, or trained on the train split now."""
+        if self._tokenizers is None:
+            if self.tokenizer_dir is not None:
+                self._tokenizers = Tokenizers.load(self.tokenizer_dir)
+            else:
+                self._tokenizers = self._cached_tokenizers()
+        return self._tokenizers
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.tokenizers.src_vocab_size
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tokenizers.tgt_vocab_size
+
+    def _cached_tokenizers(self) -> Tokenizers:
+        if "train" not in self.splits:
+            raise ValueError(
+                f"{type(self).__name__}: no 'train' split to train a tokenizer on; "
+                "give tokenizer= (a directory holding tokenizer.json)"
+            )
+        key = cache_key(
+            CACHE_VERSION, self.raw_fingerprint("train"), self.vocab_size,
+            self.joint_vocab, self.min_frequency,
+        )  # fmt: skip
+        directory = self.cache_root / "tokenizers" / key
+        if directory.is_dir():
+            return Tokenizers.load(directory)
+        train = read_columns(self.raw()["train"], ["source", "target"])
+        size = len(train["source"])
+        rank_zero_info(f"Training a BPE tokenizer (vocab_size={self.vocab_size}) on {size} pairs")
+        tokenizers = Tokenizers.train(
+            train["source"], train["target"], self.vocab_size, self.joint_vocab, self.min_frequency
+        )
+        _save_atomically(tokenizers, directory)
+        return tokenizers
+
+    # --- tokenized splits -------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Train the tokenizer and tokenize every split into the cache (once per node)."""
+        for stage in self.splits:
+            self._tokenized(stage)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached tokenizer and tokenized splits (computing any that are missing)."""
+        for name in self.splits:
+            if name not in self.datasets:
+                self.datasets[name] = self._tokenized(name)
+                self._report(name)
+
+    def cache_file(self, stage: str) -> Path:
+        """Where the tokenized split lives."""
+        drop = self._drops(stage)
+        key = cache_key(
+            CACHE_VERSION, self.raw_fingerprint(stage), self.tokenizers.fingerprint(),
+            self.max_length, drop,
+        )  # fmt: skip
+        return self.cache_root / "tokenized" / f"{stage}-{key}.arrow"
+
+    def _drops(self, stage: str) -> bool:
+        return stage == "train" and self.overlong == "drop"
+
+    def _tokenized(self, stage: str) -> datasets.Dataset:
+        path = self.cache_file(stage)
+        if path.is_file():
+            return datasets.Dataset.from_file(str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        raw = self.raw()[stage]
+        encode = functools.partial(
+            _encode_batch,
+            tokenizers=self.tokenizers,
+            max_length=self.max_length,
+            drop=self._drops(stage),
+        )
+        # datasets writes to a temporary file and renames it: concurrent ranks are safe.
+        return raw.map(
+            encode,
+            batched=True,
+            with_indices=True,
+            remove_columns=raw.column_names,
+            features=FEATURES,
+            cache_file_name=str(path),
+            new_fingerprint=path.stem.replace("-", "_"),
+            desc=f"Tokenizing {stage}",
+        )
+
+    def _report(self, stage: str) -> None:
+        data, total = self.datasets[stage], len(self.raw()[stage])
+        what = f"{stage}: {{}} of {total} pairs longer than max_length={self.max_length} tokens"
+        if self._drops(stage) and len(data) < total:
+            rank_zero_warn(what.format(f"dropped {total - len(data)}"))
+        truncated = pc.sum(data.data.column("overlong")).as_py() or 0
+        if truncated:
+            rank_zero_warn(what.format(f"truncated {truncated}"))
+        log.info("%s: %d pairs (cache %s)", stage, len(data), self.cache_file(stage))
+
+    # --- loaders ----------------------------------------------------------------------------
+
+    def _loader(self, stage: str, max_tokens: int, shuffle: bool) -> DataLoader:
+        if stage not in self.splits:
+            raise ValueError(f"{type(self).__name__}: no {stage!r} in splits={self.splits}")
+        if stage not in self.datasets:
+            self.setup()
+        data = self.datasets[stage]
+        trainer = self.trainer
+        sampler = TokenBatchSampler(
+            data.with_format("numpy", columns=["length"])[:]["length"],
+            max_tokens,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        return DataLoader(
+            TokenBatchDataset(data),
+            batch_size=None,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.max_tokens, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list[Any]:
+        if "val" not in self.splits:
+            return []  # Lightning skips validation
+        return self._loader("val", self.eval_max_tokens, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_max_tokens, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        stage = "predict" if "predict" in self.splits else "test"
+        return self._loader(stage, self.eval_max_tokens, shuffle=False)
+
+
+def _check_lengths(
+    max_length: int, max_tokens: int, eval_max_tokens: int | None, overlong: str
+) -> None:
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length}: must leave room for a token and EOS")
+    # A batch must hold at least one example of the maximum length.
+    for name, budget in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens)):
+        if budget is not None and budget < max_length:
+            raise ValueError(f"{name}={budget} must be >= max_length={max_length}")
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong={overlong!r}: expected 'truncate' or 'drop'")
+
+
+def _encode_batch(
+    batch: dict[str, list[str]],
+    indices: list[int],
+    *,
+    tokenizers: Tokenizers,
+    max_length: int,
+    drop: bool,
+) -> dict[str, list[Any]]:
+    """Tokenize a batch of pairs; truncate over-long ones (EOS kept last) or leave them out."""
+    src_ids = tokenizers.encode_source(batch["source"])
+    tgt_ids = tokenizers.encode_target(batch["target"])
+    out: dict[str, list[Any]] = {name: [] for name in FEATURES}
+    rows = zip(indices, batch["source"], batch["target"], src_ids, tgt_ids, strict=True)
+    for index, source, target, src, tgt in rows:
+        overlong = max(len(src), len(tgt)) > max_length
+        if overlong and drop:
+            continue
+        src, tgt = _truncate(src, max_length), _truncate(tgt, max_length)
+        values = (source, target, index, src, tgt, max(len(src), len(tgt)), overlong)
+        for name, value in zip(FEATURES, values, strict=True):
+            out[name].append(value)
+    return out
+
+
+def _truncate(ids: list[int], max_length: int) -> list[int]:
+    return ids if len(ids) <= max_length else [*ids[: max_length - 1], EOS]
+
+
+def cache_key(*parts: Any) -> str:
+    """A short hash of JSON-serializable parts."""
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _save_atomically(tokenizers: Tokenizers, directory: Path) -> None:
+    """Save via a temporary directory and a rename, so a reader never sees half a tokenizer."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+    tokenizers.save(tmp)
+    try:
+        tmp.rename(directory)
+    except OSError:  # another rank got there first with the same (deterministic) result
+        shutil.rmtree(tmp, ignore_errors=True)
