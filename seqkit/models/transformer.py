@@ -1,0 +1,328 @@
+"""Transformer encoder–decoder (Vaswani et al., 2017, "Attention Is All You Need").
+
+Shapes: B batch, S source length, T target length, D model width, H heads, Dh = D / H.
+Masks are boolean with True where a position may be attended to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KVCache = tuple[Tensor, Tensor]  # (B, H, T, Dh) keys and values
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes and options of an encoder–decoder Transformer."""
+
+    src_vocab_size: int = 0
+    """Source vocabulary size; 0 takes it from the data module when fitting starts."""
+    tgt_vocab_size: int = 0
+    """Target vocabulary size; 0 takes it from the data module when fitting starts."""
+    d_model: int = 512
+    """Width of every token representation."""
+    n_heads: int = 8
+    """Attention heads; must divide d_model."""
+    n_encoder_layers: int = 6
+    """Encoder blocks."""
+    n_decoder_layers: int = 6
+    """Decoder blocks."""
+    d_ff: int = 2048
+    """Hidden width of the position-wise feed-forward network."""
+    dropout: float = 0.1
+    """Dropout on embeddings, sublayer outputs and the feed-forward hidden layer."""
+    attention_dropout: float = 0.0
+    """Dropout on attention weights."""
+    activation: Literal["relu", "gelu"] = "relu"
+    """Feed-forward non-linearity."""
+    norm_first: bool = True
+    """Pre-norm (LayerNorm before each sublayer, more stable) or post-norm as in the paper."""
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    """Fixed sinusoidal position encodings or learned position embeddings."""
+    max_positions: int = 1024
+    """Longest sequence the position encodings cover."""
+    tie_embeddings: bool = True
+    """Share the target embedding with the output projection (Press & Wolf, 2017)."""
+    share_embeddings: bool = False
+    """Share source and target embeddings; needs one joint vocabulary."""
+    pad_id: int = 0
+    """Padding token id; its embedding stays zero and it is never attended to."""
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError(
+                "share_embeddings needs one joint vocabulary, got "
+                f"src_vocab_size={self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}"
+            )
+
+
+def sinusoidal_positions(n: int, d: int) -> Tensor:
+    """The fixed position encodings of the paper, (n, d)."""
+    position = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    inv_freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: d // 2])
+    return table
+
+
+class Attention(nn.Module):
+    """Multi-head scaled dot-product attention through `F.scaled_dot_product_attention`."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
+
+    def project_kv(self, x: Tensor) -> KVCache:
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def attend(
+        self, x: Tensor, kv: KVCache, mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        q = self.split_heads(self.q(x))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, *kv, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, D)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """Self-attention over `x` (B, T, D)."""
+        return self.attend(x, self.project_kv(x), mask, is_causal)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str) -> None:
+        act = nn.ReLU() if activation == "relu" else nn.GELU()
+        super().__init__(
+            nn.Linear(d_model, d_ff), act, nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+
+
+class Residual(nn.Module):
+    """`x + f(x)` with LayerNorm before f (pre-norm) or after the sum (post-norm)."""
+
+    def __init__(self, d_model: int, dropout: float, norm_first: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: Tensor, f) -> Tensor:
+        if self.norm_first:
+            return x + self.dropout(f(self.norm(x)))
+        return self.norm(x + self.dropout(f(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each in a residual block. The ViT reuses it."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = True,
+    ) -> None:
+        super().__init__()
+        self.attn = Attention(d_model, n_heads, attention_dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout, activation)
+        self.attn_block = Residual(d_model, dropout, norm_first)
+        self.ff_block = Residual(d_model, dropout, norm_first)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = self.attn_block(x, lambda h: self.attn(h, mask))
+        return self.ff_block(x, self.ff)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention to the encoder output, feed-forward."""
+
+    def __init__(self, c: TransformerConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(c.d_model, c.n_heads, c.attention_dropout)
+        self.cross_attn = Attention(c.d_model, c.n_heads, c.attention_dropout)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.dropout, c.activation)
+        self.self_block, self.cross_block, self.ff_block = (
+            Residual(c.d_model, c.dropout, c.norm_first) for _ in range(3)
+        )
+
+    def forward(
+        self, x: Tensor, cross_kv: KVCache, src_mask: Tensor, cache: KVCache | None = None
+    ) -> tuple[Tensor, KVCache | None]:
+        """With `cache`, `x` holds only new positions that attend to the cached past too."""
+        new_cache = None
+
+        def self_attention(h: Tensor) -> Tensor:
+            nonlocal new_cache
+            if cache is None:  # teacher forcing: the whole target at once, future masked
+                return self.self_attn(h, is_causal=True)
+            k, v = self.self_attn.project_kv(h)
+            new_cache = (torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2))
+            # New queries see the whole past; several new positions at once must not see each other.
+            causal = h.shape[1] > 1
+            mask = _causal_mask(h.shape[1], new_cache[0].shape[2], h.device) if causal else None
+            return self.self_attn.attend(h, new_cache, mask)
+
+        x = self.self_block(x, self_attention)
+        x = self.cross_block(x, lambda h: self.cross_attn.attend(h, cross_kv, src_mask))
+        return self.ff_block(x, self.ff), new_cache
+
+
+def _causal_mask(t_new: int, t_total: int, device: torch.device) -> Tensor:
+    """(t_new, t_total) mask for the last t_new positions of a t_total-long sequence."""
+    q = torch.arange(t_total - t_new, t_total, device=device).unsqueeze(1)
+    return q >= torch.arange(t_total, device=device).unsqueeze(0)
+
+
+class Transformer(nn.Module):
+    """Encoder–decoder Transformer with incremental (key/value cached) decoding.
+
+    Decoding protocol shared with every seq2seq model in seqkit:
+    `memory = net.encode(src, src_mask)`; `state = net.init_state(memory, src_mask)`;
+    `logits, state = net.decode(tgt, memory, src_mask, state)`;
+    `state = net.reorder_state(state, index)` for beam search.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        if c.src_vocab_size <= 0 or c.tgt_vocab_size <= 0:
+            raise ValueError("TransformerConfig needs src_vocab_size and tgt_vocab_size > 0")
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
+        share = c.share_embeddings
+        self.tgt_embed = (
+            self.src_embed
+            if share
+            else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+        )
+        if c.positions == "learned":
+            self.pos_embed = nn.Embedding(c.max_positions, c.d_model)
+        else:
+            table = sinusoidal_positions(c.max_positions, c.d_model)
+            self.register_buffer("pos_table", table, persistent=False)
+        self.embed_dropout = nn.Dropout(c.dropout)
+        self.encoder = nn.ModuleList(
+            EncoderLayer(
+                c.d_model,
+                c.n_heads,
+                c.d_ff,
+                c.dropout,
+                c.attention_dropout,
+                c.activation,
+                c.norm_first,
+            )
+            for _ in range(c.n_encoder_layers)
+        )
+        self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
+        # Pre-norm leaves the residual stream unnormalized: normalize once at the top.
+        self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        self.output = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.reset_parameters()
+        if c.tie_embeddings:
+            self.output.weight = self.tgt_embed.weight
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        for emb in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(emb.weight, std=self.config.d_model**-0.5)
+            nn.init.zeros_(emb.weight[self.config.pad_id])
+
+    def embed(self, tokens: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
+        t = tokens.shape[1]
+        if offset + t > self.config.max_positions:
+            raise ValueError(
+                f"sequence of {offset + t} tokens exceeds max_positions={self.config.max_positions}"
+            )
+        if self.config.positions == "learned":
+            pos = self.pos_embed.weight[offset : offset + t]
+        else:
+            pos = self.pos_table[offset : offset + t]
+        x = table(tokens) * math.sqrt(self.config.d_model) + pos
+        return self.embed_dropout(x)  # (B, T, D)
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:
+        """(B, S) tokens and (B, S) mask → (B, S, D) memory."""
+        mask = src_mask[:, None, None, :]  # (B, 1, 1, S): every query sees the real tokens
+        x = self.embed(src, self.src_embed)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.encoder_norm(x)
+
+    def init_state(self, memory: Tensor, src_mask: Tensor) -> dict[str, list[KVCache]]:
+        """Empty self-attention caches and the cross-attention keys/values, computed once."""
+        b, _, d = memory.shape
+        h = self.config.n_heads
+        empty = memory.new_zeros(b, h, 0, d // h)
+        return {
+            "self": [(empty, empty) for _ in self.decoder],
+            "cross": [layer.cross_attn.project_kv(memory) for layer in self.decoder],
+        }
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_mask: Tensor,
+        state: dict[str, list[KVCache]] | None = None,
+    ) -> tuple[Tensor, dict[str, list[KVCache]] | None]:
+        """Logits (B, T, V) for target tokens (B, T).
+
+        Without `state`, `tgt` is the whole target prefix (teacher forcing). With `state`
+        from `init_state` or an earlier call, `tgt` holds only the next tokens.
+        """
+        mask = src_mask[:, None, None, :]
+        if state is None:
+            cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
+            caches: list[KVCache | None] = [None] * len(self.decoder)
+            offset = 0
+        else:
+            cross, caches = state["cross"], state["self"]
+            offset = caches[0][0].shape[2] if caches else 0
+        x = self.embed(tgt, self.tgt_embed, offset)
+        new_caches = []
+        for layer, kv, cache in zip(self.decoder, cross, caches, strict=True):
+            x, cache = layer(x, kv, mask, cache)
+            new_caches.append(cache)
+        logits = self.output(self.decoder_norm(x))
+        return logits, (None if state is None else {"self": new_caches, "cross": cross})
+
+    @staticmethod
+    def reorder_state(state: dict[str, list[KVCache]], index: Tensor) -> dict[str, list[KVCache]]:
+        """Pick rows of the self-attention caches (beam search).
+
+        `index` must map each row to a row of the same source sentence: the cross-attention
+        keys/values are equal across those rows and are left as they are.
+        """
+        caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in state["self"]]
+        return {"self": caches, "cross": state["cross"]}
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target (B, T)."""
+        src_mask = src != self.config.pad_id
+        logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask)
+        return logits
