@@ -1,0 +1,110 @@
+"""Greedy and beam search: beam 1 is greedy, scores are log-probabilities, batching is neutral."""
+
+import pytest
+import torch
+
+from seqkit.decoding import beam_search, greedy, length_penalty
+from seqkit.models import Transformer, TransformerConfig
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+def peaked(seed: int) -> Transformer:
+    """An untrained model with large output weights, so that EOS is likely at some point."""
+    torch.manual_seed(seed)
+    config = TransformerConfig(
+        src_vocab_size=12,
+        tgt_vocab_size=12,
+        d_model=32,
+        n_heads=4,
+        n_encoder_layers=1,
+        n_decoder_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        tie_embeddings=False,
+    )
+    net = Transformer(config).eval()
+    with torch.no_grad():
+        net.output.weight.mul_(8.0)
+    return net
+
+
+def sources(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(3, 12, (4, 6), generator=g)
+    src[0, 3:] = PAD
+    src[2, 5:] = PAD
+    return src, src != PAD
+
+
+def sequence_logprob(net: Transformer, src: torch.Tensor, tokens: list[int], ended: bool) -> float:
+    tgt = torch.tensor([[BOS, *tokens]])
+    out = torch.tensor([[*tokens, EOS]]) if ended else torch.tensor([tokens])
+    logits = net(src[None], tgt[:, : out.shape[1]])
+    return logits.log_softmax(-1).gather(2, out[..., None]).sum().item()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_beam_size_one_is_greedy(seed, alpha):
+    net = peaked(seed)
+    src, mask = sources(seed)
+    expected = greedy(net, src, mask, max_len=9)
+    hyps = beam_search(net, src, mask, beam_size=1, max_len=9, alpha=alpha)
+    assert [h[0].tokens for h in hyps] == expected
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_scores_are_length_normalized_log_probabilities(seed):
+    net = peaked(seed)
+    src, mask = sources(seed)
+    max_len = 8
+    hyps = beam_search(net, src, mask, beam_size=4, n_best=4, max_len=max_len, alpha=0.6)
+    for i, nbest in enumerate(hyps):
+        assert len(nbest) == 4
+        assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+        for h in nbest:
+            ended = len(h.tokens) < max_len
+            length = len(h.tokens) + 1 if ended else max_len
+            logp = sequence_logprob(net, src[i, : int(mask[i].sum())], h.tokens, ended)
+            assert h.score * length_penalty(length, 0.6) == pytest.approx(logp, abs=1e-4)
+            assert EOS not in h.tokens and BOS not in h.tokens
+
+
+def test_wider_beam_finds_at_least_as_likely_translations():
+    net = peaked(3)
+    src, mask = sources(3)
+    narrow = beam_search(net, src, mask, beam_size=1, max_len=8, alpha=0.0)
+    wide = beam_search(net, src, mask, beam_size=8, max_len=8, alpha=0.0)
+    better = sum(w[0].score >= n[0].score - 1e-5 for w, n in zip(wide, narrow, strict=True))
+    assert better == len(wide)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_batching_does_not_change_results(search):
+    net = peaked(5)
+    src, mask = sources(5)
+
+    def run(s, m):
+        if search == "greedy":
+            return greedy(net, s, m, max_len=9)
+        return [h[0] for h in beam_search(net, s, m, beam_size=3, max_len=9)]
+
+    together = run(src, mask)
+    for i in range(len(src)):
+        n = int(mask[i].sum())
+        alone = run(src[i : i + 1, :n], mask[i : i + 1, :n])[0]
+        if search == "greedy":
+            assert alone == together[i]
+        else:
+            assert alone.tokens == together[i].tokens
+            assert alone.score == pytest.approx(together[i].score, abs=1e-4)
+
+
+def test_max_len_and_n_best_checks():
+    net = peaked(0)
+    src, mask = sources(0)
+    assert all(len(t) <= 3 for t in greedy(net, src, mask, max_len=3))
+    assert all(len(h[0].tokens) <= 3 for h in beam_search(net, src, mask, beam_size=2, max_len=3))
+    with pytest.raises(ValueError, match="n_best"):
+        beam_search(net, src, mask, beam_size=2, n_best=3)
