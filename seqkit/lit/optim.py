@@ -1,0 +1,60 @@
+"""AdamW with warm-up and a decay schedule, stepped once per optimizer step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = 5e-4
+    """Peak learning rate, reached at the end of warm-up."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW's moment decay rates."""
+    eps: float = 1e-9
+    """AdamW's epsilon."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay, applied to matrices only (not to biases, norms)."""
+    warmup_steps: int = 4000
+    """Linear warm-up from 0 to `lr`."""
+    schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    """After warm-up: decay as 1/sqrt(step) (Vaswani et al.), cosine to `min_lr_ratio * lr`
+    over the run's estimated steps, or constant."""
+    min_lr_ratio: float = 0.0
+    """Floor of the cosine schedule, as a fraction of `lr`."""
+
+
+def lr_factor(step: int, config: OptimizerConfig, total_steps: int) -> float:
+    """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""
+    step += 1
+    warmup = max(config.warmup_steps, 1)
+    if step < warmup:
+        return step / warmup
+    if config.schedule == "inverse_sqrt":
+        return math.sqrt(warmup / step)
+    if config.schedule == "cosine":
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
+    return 1.0
+
+
+def configure_adamw(module: nn.Module, config: OptimizerConfig, total_steps: int) -> dict:
+    """Optimizer and per-step scheduler, as Lightning's `configure_optimizers` returns them."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config, total_steps)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,124 @@
+"""Seq2Seq: a tiny model learns a tiny task; save → load is exact; tokenizers stay paired."""
+
+import lightning as L
+import pytest
+import torch
+
+from seqkit import NumberWordsData, OptimizerConfig, Seq2Seq, TransformerConfig
+from seqkit.lit.seq2seq import label_smoothed_nll, load_checkpoint
+
+TINY = TransformerConfig(
+    d_model=64,
+    n_heads=4,
+    n_encoder_layers=2,
+    n_decoder_layers=2,
+    d_ff=128,
+    dropout=0.0,
+    share_embeddings=True,
+)
+
+
+def small_numbers(tmp_path, **overrides) -> NumberWordsData:
+    options = dict(
+        n_train=900,
+        n_val=50,
+        n_test=50,
+        low=0,
+        high=999,
+        vocab_size=300,
+        max_tokens=1024,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    return NumberWordsData(**(options | overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny Transformer trained on number words 0–999 for a few epochs (~30 s)."""
+    tmp = tmp_path_factory.mktemp("numbers")
+    L.seed_everything(0)
+    data = small_numbers(tmp)
+    model = Seq2Seq(TINY, OptimizerConfig(lr=3e-3, warmup_steps=30), label_smoothing=0.0)
+    trainer = L.Trainer(
+        max_epochs=12,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        check_val_every_n_epoch=12,
+    )
+    first = {}
+
+    class FirstLoss(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            first.setdefault("loss", float(outputs["loss"]))
+
+    trainer.callbacks.append(FirstLoss())
+    trainer.fit(model, data)
+    return model, data, trainer, first["loss"]
+
+
+def test_a_tiny_model_learns_number_words(trained):
+    model, data, trainer, first_loss = trained
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/loss"]) < first_loss / 4
+    assert float(metrics["val/exact_match"]) >= 0.8, metrics
+    assert model.translate(["forty-two"], beam_size=3) == ["zweiundvierzig"]
+
+
+def test_save_pretrained_then_load_gives_identical_outputs(trained, tmp_path):
+    model, data, _, _ = trained
+    model.save_pretrained(tmp_path / "model")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "model").iterdir()
+    }
+    loaded = Seq2Seq.from_pretrained(tmp_path / "model")
+    batch = next(iter(data.test_dataloader()))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(
+            model.net(batch["src"], batch["tgt_in"]), loaded.net(batch["src"], batch["tgt_in"])
+        )
+    texts = batch["src_text"][:8]
+    assert loaded.translate(texts) == model.translate(texts)
+
+
+def test_checkpoint_loads_without_unpickling(trained):
+    model, _, trainer, _ = trained
+    path = trainer.checkpoint_callback.best_model_path
+    checkpoint = torch.load(path, weights_only=True)  # plain data only
+    assert "tokenizers" in checkpoint
+    restored = load_checkpoint(path)
+    assert restored.tokenizers.fingerprint() == model.tokenizers.fingerprint()
+    assert restored.translate(["seven"], beam_size=1) == model.translate(["seven"], beam_size=1)
+
+
+def test_translate_keeps_order_and_empty_lines(trained):
+    model, _, _, _ = trained
+    texts = ["nine hundred and one", "", "three", "   ", "twelve"]
+    out = model.translate(texts, beam_size=2, max_tokens=16)  # forces several batches
+    assert out[1] == "" and out[3] == ""
+    assert out[0] == model.translate([texts[0]], beam_size=2)[0]
+    assert out[4] == model.translate([texts[4]], beam_size=2)[0]
+
+
+def test_a_model_refuses_a_tokenizer_it_was_not_trained_with(trained, tmp_path):
+    model, _, _, _ = trained
+    other = small_numbers(tmp_path, vocab_size=280, seed=7)
+    other.setup("fit")
+    trainer = L.Trainer(max_steps=1, logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="not the one this model was trained with"):
+        trainer.fit(model, other)
+
+
+def test_label_smoothed_loss_ignores_padding():
+    logits = torch.randn(2, 4, 7)
+    target = torch.tensor([[5, 6, 2, 0], [4, 2, 0, 0]])
+    loss, nll, n = label_smoothed_nll(logits, target, 0.1)
+    trimmed, _, m = label_smoothed_nll(logits[:, :3], target[:, :3], 0.1)
+    assert n == m == 5
+    torch.testing.assert_close(loss, trimmed)
+    plain, nll0, _ = label_smoothed_nll(logits, target, 0.0)
+    torch.testing.assert_close(plain, nll0)
