@@ -1,0 +1,181 @@
+"""The `seqkit` command: LightningCLI's fit/validate/test/predict; translate, evaluate, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+
+USAGE = """usage: seqkit COMMAND [options]
+
+Training (LightningCLI; `seqkit COMMAND --help` lists every option):
+  fit        train a recipe: seqkit fit --config recipes/transformer-numbers.yaml
+             (then tests the best checkpoint and exports it next to the logs)
+  validate   score a checkpoint on the validation split
+  test       score a checkpoint on the test split
+  predict    decode the test split
+
+Using trained models:
+  export     write a checkpoint as a model directory: seqkit export CKPT DIR
+  translate  translate lines: seqkit translate --model DIR < src.txt > hyp.txt
+  evaluate   sacreBLEU and chrF: seqkit evaluate --model DIR --src test.en.gz --ref test.de.gz
+"""
+
+
+class SeqkitCLI(LightningCLI):
+    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it."""
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.interrupted or not hasattr(self.model, "save_pretrained"):
+            return
+        callback = trainer.checkpoint_callback
+        best = callback.best_model_path if callback else ""
+        metrics = {}
+        if "test" in getattr(self.datamodule, "splits", {}):
+            results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            metrics = {k: round(float(v), 4) for k, v in results[0].items()} if results else {}
+        if trainer.is_global_zero:
+            from seqkit.lit.seq2seq import load_checkpoint
+
+            model = load_checkpoint(best) if best else self.model
+            out = model.save_pretrained(Path(trainer.log_dir or ".") / "model", metrics=metrics)
+            print(
+                f"\nmodel written to {out}\n  translate: seqkit translate --model {out} < src.txt"
+            )
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
+    """LightningCLI over every seqkit LightningModule and LightningDataModule (by class_path)."""
+    return SeqkitCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def _read(path: str | None) -> list[str]:
+    from seqkit.data.sources import read_lines
+
+    if path is None or path == "-":
+        return read_lines(sys.stdin.buffer, name="<stdin>", allow_empty=True)
+    return read_lines(path, allow_empty=True)
+
+
+def _load(directory: str, device: str):
+    from seqkit.lit.seq2seq import Seq2Seq
+
+    return Seq2Seq.from_pretrained(directory).to(device)
+
+
+def _decoding_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory (seqkit export)")
+    parser.add_argument("--beam", type=int, help="beam size (default: the model's, 1 = greedy)")
+    parser.add_argument("--alpha", type=float, help="length penalty exponent")
+    parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def translate_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="seqkit translate", description="Translate plain text line by line (batched)."
+    )
+    _decoding_args(parser)
+    parser.add_argument("--src", help="input file, .gz allowed (default: stdin)")
+    parser.add_argument("--out", help="output file (default: stdout)")
+    args = parser.parse_args(argv)
+    model = _load(args.model, args.device)
+    if args.alpha is not None:
+        model.decoding = replace(model.decoding, alpha=args.alpha)
+    lines = _read(args.src)
+    hyps = model.translate(lines, args.beam, args.max_tokens, progress=args.src is not None)
+    text = "".join(h + "\n" for h in hyps)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def evaluate_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="seqkit evaluate",
+        description="Translate --src and score it against --ref with sacreBLEU and chrF "
+        "(the code path validation uses).",
+    )
+    _decoding_args(parser)
+    parser.add_argument("--src", required=True, help="source file, .gz allowed")
+    parser.add_argument("--ref", required=True, help="reference file, .gz allowed")
+    parser.add_argument("--out", help="also write the translations here")
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    args = parser.parse_args(argv)
+    from seqkit.metrics import translation_scores
+
+    sources, refs = _read(args.src), _read(args.ref)
+    if len(sources) != len(refs):
+        sys.exit(
+            f"seqkit evaluate: {args.src} has {len(sources)} lines but {args.ref} has "
+            f"{len(refs)}; they must be aligned line by line"
+        )
+    model = _load(args.model, args.device)
+    if args.alpha is not None:
+        model.decoding = replace(model.decoding, alpha=args.alpha)
+    hyps = model.translate(sources, args.beam, args.max_tokens, progress=True)
+    if args.out:
+        Path(args.out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    scores = translation_scores(hyps, refs)
+    if args.json:
+        print(json.dumps(scores, indent=2))
+        return
+    print(f"BLEU = {scores['bleu']:.2f}  {scores['bleu_signature']}")
+    print(f"chrF = {scores['chrf']:.2f}  {scores['chrf_signature']}")
+    print(f"exact match = {scores['exact_match']:.4f}")
+
+
+def export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="seqkit export",
+        description="Write a training checkpoint as a self-contained model directory "
+        "(config.json, model.safetensors, tokenizer file(s)).",
+    )
+    parser.add_argument("checkpoint", help="a .ckpt file written by seqkit fit")
+    parser.add_argument("directory", help="where to write the model")
+    args = parser.parse_args(argv)
+    from seqkit.lit.seq2seq import load_checkpoint
+
+    if not Path(args.checkpoint).is_file():
+        sys.exit(f"seqkit export: {args.checkpoint}: no such checkpoint file")
+    out = load_checkpoint(args.checkpoint).save_pretrained(args.directory)
+    print(f"model written to {out}")
+
+
+TOOLS = {"translate": translate_main, "evaluate": evaluate_main, "export": export_main}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    from seqkit.data.sources import DataError
+
+    try:
+        if args[0] in TOOLS:
+            TOOLS[args[0]](args[1:])
+        else:
+            cli_main(argv)  # None: LightningCLI reads sys.argv itself
+    except (DataError, FileNotFoundError) as err:  # bad input: its message says what to fix
+        sys.exit(f"seqkit {args[0]}: {err}")
+
+
+if __name__ == "__main__":
+    main()
