@@ -1,0 +1,133 @@
+"""The seqkit command end to end: fit → export → translate → evaluate, and its errors."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from num2words import num2words
+
+from seqkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = [
+    "--model.init_args.config.d_model=64", "--model.init_args.config.n_heads=4",
+    "--model.init_args.config.n_encoder_layers=2", "--model.init_args.config.n_decoder_layers=2",
+    "--model.init_args.config.d_ff=128", "--model.init_args.config.dropout=0.0",
+    "--model.init_args.optimizer.lr=0.003", "--model.init_args.optimizer.warmup_steps=30",
+]  # fmt: skip
+
+
+def write_corpus(directory: Path) -> None:
+    """A tiny parallel corpus in Multi30k's layout: SPLIT.en.gz / SPLIT.de.gz."""
+    numbers = {"train": range(0, 1000, 1), "val": range(1000, 1060), "test": range(2000, 2050)}
+    directory.mkdir()
+    for split, values in numbers.items():
+        for lang in ("en", "de"):
+            lines = "".join(
+                num2words(n % 1000 if split == "train" else n, lang=lang) + "\n" for n in values
+            )
+            with gzip.open(directory / f"{split}.{lang}.gz", "wt", encoding="utf-8") as f:
+                f.write(lines)
+
+
+def seqkit(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "seqkit.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    write_corpus(tmp / "corpus")
+    main([
+        "fit", "--config", str(ROOT / "recipes/transformer-multi30k.yaml"), *TINY_MODEL,
+        f"--data.path={tmp / 'corpus'}", "--data.splits={train: train, val: val, test: test}",
+        "--data.vocab_size=300", "--data.max_tokens=1024", f"--data.cache_dir={tmp / 'cache'}",
+        "--trainer.max_epochs=6", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp}", "--trainer.check_val_every_n_epoch=6",
+    ])  # fmt: skip
+    return tmp
+
+
+def test_fit_tests_and_exports_the_best_model(fitted, capsys):
+    model_dir = fitted / "lightning_logs/version_0/model"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in model_dir.iterdir()
+    }
+    assert "test/bleu" in (model_dir / "config.json").read_text()
+
+
+def test_translate_and_evaluate_match_the_python_api(fitted):
+    from seqkit import Seq2Seq
+    from seqkit.data.sources import read_lines
+    from seqkit.metrics import translation_scores
+
+    model_dir = fitted / "lightning_logs/version_0/model"
+    model = Seq2Seq.from_pretrained(model_dir)
+    src = ["forty-two", "", "nine hundred and one"]
+    result = seqkit("translate", "--model", str(model_dir), "--beam", "3", stdin="\n".join(src))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n") == [*model.translate(src, beam_size=3), ""]
+
+    corpus = fitted / "corpus"
+    result = seqkit(
+        "evaluate",
+        "--model",
+        str(model_dir),
+        "--src",
+        str(corpus / "test.en.gz"),
+        "--ref",
+        str(corpus / "test.de.gz"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    hyps = model.translate(read_lines(corpus / "test.en.gz"))
+    expected = translation_scores(hyps, read_lines(corpus / "test.de.gz"))
+    assert json.loads(result.stdout) == pytest.approx(expected)
+
+
+def test_export_gives_the_same_model(fitted, tmp_path):
+    from seqkit import Seq2Seq
+
+    checkpoint = next((fitted / "lightning_logs/version_0/checkpoints").glob("epoch=*.ckpt"))
+    main(["export", str(checkpoint), str(tmp_path / "exported")])
+    texts = ["seven hundred", "eleven"]
+    exported = Seq2Seq.from_pretrained(tmp_path / "exported").translate(texts)
+    best = Seq2Seq.from_pretrained(fitted / "lightning_logs/version_0/model").translate(texts)
+    assert exported == best
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["translate", "--model", "/nowhere"], "/nowhere/config.json: not found"),
+        (["export", "/nowhere.ckpt", "out"], "/nowhere.ckpt: no such checkpoint"),
+        (["fit", "--config", str(ROOT / "recipes/transformer-multi30k.yaml"),
+          "--data.path=/no/such/dir", "--trainer.max_epochs=1"], "/no/such/dir"),
+    ],
+)  # fmt: skip
+def test_bad_input_exits_with_one_clear_message(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert message in str(exit_info.value)
+
+
+def test_help_lists_every_command(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "export", "translate", "evaluate"):
+        assert f"  {command}" in out
+    with pytest.raises(SystemExit):
+        main(["translate", "--help"])
+    assert "--beam" in capsys.readouterr().out
