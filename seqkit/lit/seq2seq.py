@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import load_model, save_model
 from torch import Tensor
@@ -42,14 +43,20 @@ def _as(cls: type, value):
 def label_smoothed_nll(
     logits: Tensor, target: Tensor, smoothing: float, ignore_index: int = PAD
 ) -> tuple[Tensor, Tensor, int]:
-    """Mean label-smoothed loss and mean NLL over non-padding tokens, and their count."""
+    """Mean label-smoothed loss and mean NLL over non-padding tokens, and their count.
+
+    Works on the whole (B*T, V) matrix with a mask on the (B*T,) rows: selecting the
+    non-padding rows first would copy the largest tensor of the step and scatter it back.
+    """
     logp = logits.float().log_softmax(-1).flatten(0, 1)  # (B*T, V)
     target = target.flatten()
     keep = target != ignore_index
-    logp, target = logp[keep], target[keep]
-    nll = -logp.gather(1, target[:, None]).squeeze(1)
-    loss = (1.0 - smoothing) * nll - smoothing * logp.mean(-1)
-    return loss.mean(), nll.mean().detach(), int(keep.sum())
+    n_tokens = int(keep.sum())
+    nll = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="sum") / n_tokens
+    if not smoothing:
+        return nll, nll.detach(), n_tokens
+    uniform = -(logp.sum(-1) * keep).sum() / (n_tokens * logp.shape[-1])
+    return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach(), n_tokens
 
 
 class Seq2Seq(L.LightningModule):

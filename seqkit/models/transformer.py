@@ -36,9 +36,12 @@ class TransformerConfig:
     d_ff: int = 2048
     """Hidden width of the position-wise feed-forward network."""
     dropout: float = 0.1
-    """Dropout on embeddings, sublayer outputs and the feed-forward hidden layer."""
+    """Dropout on embeddings and on every sublayer's output before the residual sum."""
     attention_dropout: float = 0.0
     """Dropout on attention weights."""
+    activation_dropout: float = 0.0
+    """Dropout on the feed-forward hidden layer (off by default, as in fairseq: it is the
+    largest activation and its random mask costs more CPU time than it returns)."""
     activation: Literal["relu", "gelu"] = "relu"
     """Feed-forward non-linearity."""
     norm_first: bool = True
@@ -142,10 +145,11 @@ class EncoderLayer(nn.Module):
         attention_dropout: float = 0.0,
         activation: str = "relu",
         norm_first: bool = True,
+        activation_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.attn = Attention(d_model, n_heads, attention_dropout)
-        self.ff = FeedForward(d_model, d_ff, dropout, activation)
+        self.ff = FeedForward(d_model, d_ff, activation_dropout, activation)
         self.attn_block = Residual(d_model, dropout, norm_first)
         self.ff_block = Residual(d_model, dropout, norm_first)
 
@@ -161,7 +165,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(c.d_model, c.n_heads, c.attention_dropout)
         self.cross_attn = Attention(c.d_model, c.n_heads, c.attention_dropout)
-        self.ff = FeedForward(c.d_model, c.d_ff, c.dropout, c.activation)
+        self.ff = FeedForward(c.d_model, c.d_ff, c.activation_dropout, c.activation)
         self.self_block, self.cross_block, self.ff_block = (
             Residual(c.d_model, c.dropout, c.norm_first) for _ in range(3)
         )
