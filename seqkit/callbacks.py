@@ -6,7 +6,7 @@ import time
 
 import lightning as L
 
-from seqkit.data.tokenizer import PAD
+from seqkit.tokens import PAD
 
 
 class TokensPerSecond(L.Callback):

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 USAGE = """usage: seqkit COMMAND [options]
@@ -18,7 +19,7 @@ Training (LightningCLI; `seqkit COMMAND --help` lists every option):
              (then tests the best checkpoint and exports it next to the logs)
   validate   score a checkpoint on the validation split
   test       score a checkpoint on the test split
-  predict    decode the test split
+  predict    translate the test split (or a "predict" split) into LOG_DIR/predictions.txt
 
 Using trained models:
   export     write a checkpoint as a model directory: seqkit export CKPT DIR
@@ -28,7 +29,8 @@ Using trained models:
 
 
 class SeqkitCLI(LightningCLI):
-    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it."""
+    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it, and whose
+    `predict` writes the translations in the data's order."""
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -38,16 +40,32 @@ class SeqkitCLI(LightningCLI):
         best = callback.best_model_path if callback else ""
         metrics = {}
         if "test" in getattr(self.datamodule, "splits", {}):
+            # Testing the best checkpoint leaves its weights in self.model.
             results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
             metrics = {k: round(float(v), 4) for k, v in results[0].items()} if results else {}
+        # Beside the checkpoints (version_N/model), so that runs never overwrite each other.
+        run_dir = Path(best).parent.parent if best else Path(trainer.log_dir or ".")
         if trainer.is_global_zero:
-            from seqkit.lit.seq2seq import load_checkpoint
-
-            model = load_checkpoint(best) if best else self.model
-            out = model.save_pretrained(Path(trainer.log_dir or ".") / "model", metrics=metrics)
+            out = self.model.save_pretrained(run_dir / "model", metrics=metrics)
             print(
                 f"\nmodel written to {out}\n  translate: seqkit translate --model {out} < src.txt"
             )
+
+    def after_predict(self) -> None:
+        """Write the translations in the data's order, gathered from every rank once."""
+        predictions = [pair for batch in self.trainer.predict_loop.predictions for pair in batch]
+        if self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, predictions)
+            predictions = [pair for part in gathered for pair in part]
+        run_dir = Path(self.trainer.log_dir or ".")  # every rank: log_dir broadcasts
+        if not self.trainer.is_global_zero or not predictions:
+            return
+        rows = sorted(dict(predictions).items())  # repeated rows (evened-out ranks) count once
+        out = run_dir / "predictions.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(text + "\n" for _, text in rows), encoding="utf-8")
+        print(f"{len(rows)} translations written to {out}")
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
@@ -72,10 +90,14 @@ def _read(path: str | None) -> list[str]:
     return read_lines(path, allow_empty=True)
 
 
-def _load(directory: str, device: str):
+def _load(args: argparse.Namespace):
+    """The model named by --model, on --device, with --alpha applied."""
     from seqkit.lit.seq2seq import Seq2Seq
 
-    return Seq2Seq.from_pretrained(directory).to(device)
+    model = Seq2Seq.from_pretrained(args.model).to(args.device)
+    if args.alpha is not None:
+        model.decoding = replace(model.decoding, alpha=args.alpha)
+    return model
 
 
 def _decoding_args(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +116,7 @@ def translate_main(argv: list[str]) -> None:
     parser.add_argument("--src", help="input file, .gz allowed (default: stdin)")
     parser.add_argument("--out", help="output file (default: stdout)")
     args = parser.parse_args(argv)
-    model = _load(args.model, args.device)
-    if args.alpha is not None:
-        model.decoding = replace(model.decoding, alpha=args.alpha)
+    model = _load(args)
     lines = _read(args.src)
     hyps = model.translate(lines, args.beam, args.max_tokens, progress=args.src is not None)
     text = "".join(h + "\n" for h in hyps)
@@ -126,9 +146,7 @@ def evaluate_main(argv: list[str]) -> None:
             f"seqkit evaluate: {args.src} has {len(sources)} lines but {args.ref} has "
             f"{len(refs)}; they must be aligned line by line"
         )
-    model = _load(args.model, args.device)
-    if args.alpha is not None:
-        model.decoding = replace(model.decoding, alpha=args.alpha)
+    model = _load(args)
     hyps = model.translate(sources, args.beam, args.max_tokens, progress=True)
     if args.out:
         Path(args.out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
-from seqkit.data.tokenizer import BOS, EOS, PAD
+from seqkit.tokens import BOS, EOS, PAD
 
 
 class Decodable(Protocol):

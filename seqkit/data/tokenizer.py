@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+
+__all__ = ["BOS", "EOS", "PAD", "SPECIAL_TOKENS", "UNK", "Tokenizers", "train_bpe"]
 
 JOINT_FILE = "tokenizer.json"
 SOURCE_FILE = "source_tokenizer.json"

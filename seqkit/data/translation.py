@@ -92,6 +92,10 @@ class TranslationData(L.LightningDataModule):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # Plain strings in the hyperparameters: a Path would stop weights_only checkpoint loads.
+        path = None if path is None else str(path)
+        cache_dir = None if cache_dir is None else str(cache_dir)
+        tokenizer = None if tokenizer is None else str(tokenizer)
         if type(self) is TranslationData:
             # A subclass saves its own arguments: Lightning would merge both signatures, and
             # load_from_checkpoint would then pass the subclass arguments it does not take.

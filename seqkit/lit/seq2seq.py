@@ -14,13 +14,14 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from seqkit.data.batching import TokenBatchSampler
-from seqkit.data.tokenizer import PAD, Tokenizers
+from seqkit.data.batching import TokenBatchSampler, pad
+from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import beam_search, default_max_len, greedy
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.metrics import translation_scores
 from seqkit.models import ModelConfig, TransformerConfig, build_model, config_from_dict
 from seqkit.models import config_to_dict as model_config_to_dict
+from seqkit.tokens import PAD
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ class Seq2Seq(L.LightningModule):
         data = getattr(self.trainer, "datamodule", None)
         if getattr(data, "tokenizers", None) is not None:
             self._use_tokenizers(data.tokenizers, "the data module")
+        limit, longest = getattr(self.config, "max_positions", 0), getattr(data, "max_length", 0)
+        if limit and longest and longest > limit:
+            raise ValueError(
+                f"data.max_length={longest} exceeds model.config.max_positions={limit}: "
+                "lower the first or raise the second"
+            )
 
     def _use_tokenizers(self, tokenizers: Tokenizers, origin: str) -> None:
         if (
@@ -227,8 +234,9 @@ class Seq2Seq(L.LightningModule):
             ids = [h[0].tokens for h in hyps]
         return self.tokenizers.decode_target(ids)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
-        return self.generate(batch["src"])
+    def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[int, str]]:
+        """(row index, translation) pairs: batches come sorted by length, not in file order."""
+        return list(zip(batch["index"].tolist(), self.generate(batch["src"]), strict=True))
 
     @torch.inference_mode()
     def translate(
@@ -243,6 +251,7 @@ class Seq2Seq(L.LightningModule):
 
         if self.tokenizers is None:
             raise ValueError("this model has no tokenizer: load it with Seq2Seq.from_pretrained")
+        was_training = self.training
         self.eval()
         limit = getattr(self.config, "max_positions", None)
         ids = self.tokenizers.encode_source(texts)
@@ -253,10 +262,11 @@ class Seq2Seq(L.LightningModule):
         with tqdm(total=len(todo), disable=not progress, unit="sent", leave=False) as bar:
             for batch in batches:
                 rows = [todo[j] for j in batch]
-                src = _pad([ids[i] for i in rows]).to(self.device)
+                src = pad([ids[i] for i in rows]).to(self.device)
                 for i, hyp in zip(rows, self.generate(src, beam_size), strict=True):
                     out[i] = hyp
                 bar.update(len(rows))
+        self.train(was_training)
         return out
 
     # -- Hugging Face-style directories -------------------------------------------------
@@ -288,13 +298,6 @@ class Seq2Seq(L.LightningModule):
         load_model(model.net, str(directory / "model.safetensors"), device=map_location)
         model.tokenizers = Tokenizers.load(directory)
         return model.eval()
-
-
-def _pad(rows: list[list[int]]) -> Tensor:
-    out = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row)
-    return out
 
 
 def load_checkpoint(path: str | Path) -> Seq2Seq:

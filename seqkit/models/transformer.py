@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqkit.tokens import PAD
+
 KVCache = tuple[Tensor, Tensor]  # (B, H, T, Dh) keys and values
 
 
@@ -54,8 +56,6 @@ class TransformerConfig:
     """Share the target embedding with the output projection (Press & Wolf, 2017)."""
     share_embeddings: bool = False
     """Share source and target embeddings; needs one joint vocabulary."""
-    pad_id: int = 0
-    """Padding token id; its embedding stays zero and it is never attended to."""
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -212,12 +212,10 @@ class Transformer(nn.Module):
         c = self.config = config
         if c.src_vocab_size <= 0 or c.tgt_vocab_size <= 0:
             raise ValueError("TransformerConfig needs src_vocab_size and tgt_vocab_size > 0")
-        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=PAD)
         share = c.share_embeddings
         self.tgt_embed = (
-            self.src_embed
-            if share
-            else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
+            self.src_embed if share else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=PAD)
         )
         if c.positions == "learned":
             self.pos_embed = nn.Embedding(c.max_positions, c.d_model)
@@ -230,10 +228,11 @@ class Transformer(nn.Module):
                 c.d_model,
                 c.n_heads,
                 c.d_ff,
-                c.dropout,
-                c.attention_dropout,
-                c.activation,
-                c.norm_first,
+                dropout=c.dropout,
+                attention_dropout=c.attention_dropout,
+                activation=c.activation,
+                norm_first=c.norm_first,
+                activation_dropout=c.activation_dropout,
             )
             for _ in range(c.n_encoder_layers)
         )
@@ -254,7 +253,7 @@ class Transformer(nn.Module):
                 nn.init.zeros_(p)
         for emb in {self.src_embed, self.tgt_embed}:
             nn.init.normal_(emb.weight, std=self.config.d_model**-0.5)
-            nn.init.zeros_(emb.weight[self.config.pad_id])
+            nn.init.zeros_(emb.weight[PAD])
 
     def embed(self, tokens: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
         t = tokens.shape[1]
@@ -327,6 +326,6 @@ class Transformer(nn.Module):
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for source (B, S) and shifted target (B, T)."""
-        src_mask = src != self.config.pad_id
+        src_mask = src != PAD
         logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask)
         return logits
