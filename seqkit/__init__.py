@@ -3,7 +3,7 @@
 from seqkit.data import NumberWordsData, TranslationData
 from seqkit.lit.optim import OptimizerConfig
 from seqkit.lit.seq2seq import DecodingConfig, Seq2Seq
-from seqkit.models import TransformerConfig
+from seqkit.models import RNNConfig, TransformerConfig
 
 __version__ = "0.1.0"
 
@@ -11,6 +11,7 @@ __all__ = [
     "DecodingConfig",
     "NumberWordsData",
     "OptimizerConfig",
+    "RNNConfig",
     "Seq2Seq",
     "TransformerConfig",
     "TranslationData",

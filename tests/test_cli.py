@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from num2words import num2words
 
-from seqkit.cli import main
+import torch
+
+from seqkit.cli import cli_main, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
@@ -54,9 +56,18 @@ def fitted(tmp_path_factory):
         f"--data.path={tmp / 'corpus'}", "--data.splits={train: train, val: val, test: test}",
         "--data.vocab_size=300", "--data.max_tokens=1024", f"--data.cache_dir={tmp / 'cache'}",
         "--trainer.max_epochs=6", "--trainer.enable_progress_bar=false",
-        f"--trainer.default_root_dir={tmp}", "--trainer.check_val_every_n_epoch=6",
+        f"--trainer.default_root_dir={tmp}", "--trainer.check_val_every_n_epoch=3",
     ])  # fmt: skip
     return tmp
+
+
+def corpus_args(fitted: Path) -> list[str]:
+    return [
+        "--config", str(ROOT / "recipes/transformer-multi30k.yaml"), *TINY_MODEL,
+        f"--data.path={fitted / 'corpus'}", "--data.splits={train: train, val: val, test: test}",
+        "--data.vocab_size=300", "--data.max_tokens=1024", f"--data.cache_dir={fitted / 'cache'}",
+        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={fitted}",
+    ]  # fmt: skip
 
 
 def test_fit_tests_and_exports_the_best_model(fitted, capsys):
@@ -131,3 +142,36 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["translate", "--help"])
     assert "--beam" in capsys.readouterr().out
+
+
+def test_test_and_predict_from_a_checkpoint(fitted, tmp_path, monkeypatch):
+    from seqkit import Seq2Seq
+    from seqkit.data.sources import read_lines
+
+    best = next((fitted / "lightning_logs/version_0/checkpoints").glob("epoch=*.ckpt"))
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["test", *corpus_args(fitted), f"--ckpt_path={best}"])
+    assert 0 <= float(cli.trainer.callback_metrics["test/chrf"]) <= 100
+    cli = cli_main(["predict", *corpus_args(fitted), f"--ckpt_path={best}"])
+    written = (Path(cli.trainer.log_dir) / "predictions.txt").read_text().splitlines()
+    sources = read_lines(fitted / "corpus/test.en.gz")
+    model = Seq2Seq.from_pretrained(fitted / "lightning_logs/version_0/model")
+    assert written == model.translate(sources)  # file order, every sentence once
+
+
+def test_resuming_continues_the_step_count_and_schedule(fitted):
+    from seqkit.callbacks import TokensPerSecond
+
+    last = fitted / "lightning_logs/version_0/checkpoints/last.ckpt"
+    state = torch.load(last, weights_only=True)
+    cli = cli_main(["fit", *corpus_args(fitted), f"--ckpt_path={last}", "--trainer.max_epochs=7"])
+    trainer = cli.trainer
+    done = state["epoch"] + 1  # epochs finished when the checkpoint was written
+    assert trainer.global_step == state["global_step"] + (7 - done) * trainer.num_training_batches
+    # Only the remaining epochs were trained, on the same batches: a restart would train 7.
+    counter = next(c for c in trainer.callbacks if isinstance(c, TokensPerSecond))
+    data = cli.datamodule.datasets["train"]
+    epoch_tokens = sum(len(s) + len(t) for s, t in zip(data["src_ids"], data["tgt_ids"]))
+    assert counter.tokens == (7 - done) * epoch_tokens
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == trainer.global_step  # one schedule, continued

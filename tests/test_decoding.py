@@ -50,6 +50,7 @@ def test_beam_size_one_is_greedy(seed, alpha):
     net = peaked(seed)
     src, mask = sources(seed)
     expected = greedy(net, src, mask, max_len=9)
+    assert any(len(tokens) < 9 for tokens in expected)  # EOS reached, not only the length cap
     hyps = beam_search(net, src, mask, beam_size=1, max_len=9, alpha=alpha)
     assert [h[0].tokens for h in hyps] == expected
 

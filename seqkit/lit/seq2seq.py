@@ -85,7 +85,8 @@ class Seq2Seq(L.LightningModule):
         self.optim_config = _as(OptimizerConfig, optimizer)
         self.decoding = _as(DecodingConfig, decoding)
         self.label_smoothing = label_smoothing
-        self.save_hyperparameters(self._plain_hparams())
+        self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`
+        self.hparams.update(self._plain_hparams())
         self.net = build_model(config) if config.src_vocab_size and config.tgt_vocab_size else None
         self.tokenizers: Tokenizers | None = None
         self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
