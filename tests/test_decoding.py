@@ -9,8 +9,20 @@ from seqkit.models import Transformer, TransformerConfig
 PAD, BOS, EOS = 0, 1, 2
 
 
+class EosBiased(Transformer):
+    """A Transformer whose EOS logit is raised, so that untrained hypotheses end at varied
+    lengths (and beam search is tested on ended hypotheses, not only on the length cap)."""
+
+    eos_bias = 5.0
+
+    def decode(self, *args, **kwargs):
+        logits, state = super().decode(*args, **kwargs)
+        logits[..., EOS] += self.eos_bias
+        return logits, state
+
+
 def peaked(seed: int) -> Transformer:
-    """An untrained model with large output weights, so that EOS is likely at some point."""
+    """An untrained model with large output weights: confident, varied predictions."""
     torch.manual_seed(seed)
     config = TransformerConfig(
         src_vocab_size=12,
@@ -23,10 +35,13 @@ def peaked(seed: int) -> Transformer:
         dropout=0.0,
         tie_embeddings=False,
     )
-    net = Transformer(config).eval()
+    net = EosBiased(config).eval()
     with torch.no_grad():
         net.output.weight.mul_(8.0)
     return net
+
+
+SEEDS = [0, 2, 3, 5, 7]  # hypotheses that end early, and (but for 5) some that hit the cap
 
 
 def sources(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,7 +59,7 @@ def sequence_logprob(net: Transformer, src: torch.Tensor, tokens: list[int], end
     return logits.log_softmax(-1).gather(2, out[..., None]).sum().item()
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("alpha", [0.0, 0.6])
 def test_beam_size_one_is_greedy(seed, alpha):
     net = peaked(seed)
@@ -55,7 +70,7 @@ def test_beam_size_one_is_greedy(seed, alpha):
     assert [h[0].tokens for h in hyps] == expected
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", SEEDS)
 def test_beam_scores_are_length_normalized_log_probabilities(seed):
     net = peaked(seed)
     src, mask = sources(seed)
@@ -72,13 +87,21 @@ def test_beam_scores_are_length_normalized_log_probabilities(seed):
             assert EOS not in h.tokens and BOS not in h.tokens
 
 
-def test_wider_beam_finds_at_least_as_likely_translations():
-    net = peaked(3)
-    src, mask = sources(3)
-    narrow = beam_search(net, src, mask, beam_size=1, max_len=8, alpha=0.0)
-    wide = beam_search(net, src, mask, beam_size=8, max_len=8, alpha=0.0)
-    better = sum(w[0].score >= n[0].score - 1e-5 for w, n in zip(wide, narrow, strict=True))
-    assert better == len(wide)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_beam_wider_than_the_search_space_finds_the_best_translation(seed):
+    net = peaked(seed)
+    src, mask = sources(seed)
+    words = range(3, 12)  # every token but PAD, BOS, EOS
+    ended = [[]] + [[a] for a in words]  # [] + EOS, [a] + EOS
+    capped = [[a, b] for a in words for b in words]  # max_len=2 reached without EOS
+    hyps = beam_search(net, src, mask, beam_size=200, n_best=1, max_len=2, alpha=0.0)
+    for i, (best,) in enumerate(hyps):
+        s = src[i, : int(mask[i].sum())]
+        scores = [(sequence_logprob(net, s, t, True), t) for t in ended]
+        scores += [(sequence_logprob(net, s, t, False), t) for t in capped]
+        top_score, top_tokens = max(scores)
+        assert best.tokens == top_tokens
+        assert best.score == pytest.approx(top_score, abs=1e-4)
 
 
 @pytest.mark.parametrize("search", ["greedy", "beam"])
