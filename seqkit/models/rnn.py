@@ -196,9 +196,7 @@ class RNNSeq2Seq(nn.Module):
         out, hidden = self.decoder(torch.cat(inputs, dim=-1), hidden)  # (B, T, H)
         if c.attention == "luong":  # queried by the current top-layer state
             context = self.attention(out, state["keys"], memory, src_mask)[0]
-        elif c.attention == "bahdanau":
-            context = inputs[1]
-        else:
+        else:  # Bahdanau's context, or the source summary
             context = inputs[1]
         attentional = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))
         new = dict(state)
