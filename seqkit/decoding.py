@@ -67,16 +67,20 @@ def greedy(
     memory = net.encode(src, src_mask)
     state = net.init_state(memory, src_mask)
     b = src.shape[0]
-    step = src.new_full((b, 1), bos)
     out = src.new_full((b, max_len), eos)
-    finished = torch.zeros(b, dtype=torch.bool, device=src.device)
+    active = torch.arange(b, device=src.device)  # sentences still being decoded
+    step = src.new_full((b, 1), bos)
     for t in range(max_len):
         logits, state = net.decode(step, memory, src_mask, state)
-        token = next_token_logprobs(logits, (PAD, bos)).argmax(-1).masked_fill(finished, eos)
-        out[:, t] = token
-        finished |= token == eos
-        if finished.all():
-            break
+        token = next_token_logprobs(logits, (PAD, bos)).argmax(-1)
+        out[active, t] = token
+        going = token != eos
+        if not going.all():  # finished sentences leave the batch
+            keep = going.nonzero().squeeze(1)
+            if not len(keep):
+                break
+            active, token = active[keep], token[keep]
+            memory, src_mask, state = _select((memory, src_mask, state), keep)
         step = token[:, None]
     return [_strip(row, eos) for row in out.tolist()]
 
@@ -112,17 +116,21 @@ def beam_search(
     scores[:, 0] = 0.0  # all beams start from the same BOS: keep one until they diverge
     history = src.new_full((b * k, 1), bos)
     ended: list[list[Hypothesis]] = [[] for _ in range(b)]
-    rows = torch.arange(b, device=src.device)[:, None] * k
+    active = torch.arange(b, device=src.device)  # sentences still being searched
     for t in range(max_len):
+        n = len(active)
+        rows = torch.arange(n, device=src.device)[:, None] * k
         logits, state = net.decode(history[:, -1:], memory, src_mask, state)
-        logp = next_token_logprobs(logits, (PAD, bos))  # (B*K, V)
+        logp = next_token_logprobs(logits, (PAD, bos))  # (N*K, V)
         vocab = logp.shape[-1]
-        cand_scores, cand = (scores.view(-1, 1) + logp).view(b, k * vocab).topk(2 * k, dim=1)
-        beam, token = cand // vocab, cand % vocab  # (B, 2K)
+        cand_scores, cand = (scores.view(-1, 1) + logp).view(n, k * vocab).topk(2 * k, dim=1)
+        beam, token = cand // vocab, cand % vocab  # (N, 2K)
         is_eos = token == eos
         i, j = is_eos[:, :k].nonzero(as_tuple=True)
-        _finish(ended, i, rows[i, 0] + beam[i, j], cand_scores[i, j], history, t + 1, alpha, k)
-        if all(len(e) >= k for e in ended):
+        _finish(ended, active[i], rows[i, 0] + beam[i, j], cand_scores[i, j], history, t + 1,
+                alpha, k)  # fmt: skip
+        going = torch.tensor([len(ended[s]) < k for s in active.tolist()], device=src.device)
+        if not going.any():
             break
         # Each beam adds at most one EOS, so at least k of the 2k candidates go on.
         alive = cand_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1).indices
@@ -130,10 +138,20 @@ def beam_search(
         index = (rows + beam.gather(1, alive)).view(-1)
         history = torch.cat([history[index], token.gather(1, alive).view(-1, 1)], dim=1)
         state = net.reorder_state(state, index)
+        if not going.all():  # finished sentences leave the batch
+            keep = going.nonzero().squeeze(1)
+            active, scores = active[keep], scores[keep]
+            keep = (rows[keep] + torch.arange(k, device=src.device)).view(-1)
+            history, memory, src_mask, state = _select((history, memory, src_mask, state), keep)
     else:  # out of room: the hypotheses still alive end here, without EOS
-        i = torch.arange(b, device=src.device).repeat_interleave(k)
-        _finish(ended, i, torch.arange(b * k), scores.view(-1), history, max_len, alpha, k)
+        i = active.repeat_interleave(k)
+        _finish(ended, i, torch.arange(len(i)), scores.view(-1), history, max_len, alpha, k)
     return [sorted(e, key=lambda h: -h.score)[:n_best] for e in ended]
+
+
+def _select(tree, rows: Tensor):
+    """Keep the given batch rows of every tensor in a (nested) decoding state."""
+    return tree_map(lambda x: x.index_select(0, rows), tree)
 
 
 def _finish(
