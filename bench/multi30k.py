@@ -1,17 +1,20 @@
 """Multi30k: train a recipe within a time budget, then score test_2016_flickr.
 
     python bench/multi30k.py [--recipe recipes/transformer-multi30k.yaml] [--src en --tgt de]
-        [--minutes 60] [--data ../shared/data/multi30k] [-- FIT OVERRIDES]
+        [--minutes 60] [--data ../shared/data/multi30k] [--model DIR] [-- FIT OVERRIDES]
 
-Trains exactly as a user does (`seqkit fit --config RECIPE`), then
-decodes the 1,000 test sentences with beam 5 and prints training tokens/s, wall time, decoding
-speed, sacreBLEU, chrF and the lowercased 13a-tokenized BLEU that papers report. The last line is
-the sacreBLEU figure.
+Trains exactly as a user does (`seqkit fit --config RECIPE`), then decodes the 1,000 test
+sentences with beam 5 and prints training tokens/s, wall time, decoding speed, test perplexity,
+sacreBLEU, chrF and the lowercased 13a-tokenized BLEU that tutorials report. With `--model`, an
+exported model of an earlier run is scored without training. The figures are also written to
+`RUN_DIR/result.json`. The last line is the sacreBLEU figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import re
 import subprocess
 import sys
@@ -21,41 +24,47 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def fit(args: argparse.Namespace) -> tuple[float, str]:
-    run_dir = args.run_dir
+def fit(args: argparse.Namespace) -> Path:
+    """Run `seqkit fit`; return the exported model directory. The log goes to RUN_DIR/fit.log."""
     command = [
         sys.executable, "-m", "seqkit.cli", "fit", "--config", str(args.recipe),
         f"--data.path={args.data.resolve()}", f"--data.src_lang={args.src}",
         f"--data.tgt_lang={args.tgt}", f"--trainer.max_time=00:00:{args.minutes}:00",
-        f"--trainer.default_root_dir={run_dir}", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={args.run_dir}", "--trainer.enable_progress_bar=false",
         *args.overrides,
     ]  # fmt: skip
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
-    (run_dir / "fit.log").write_text(result.stdout + result.stderr)
+    log = args.run_dir / "fit.log"
+    log.write_text(f"{result.stdout}{result.stderr}\nwall time {wall:.0f} s\n")
     if result.returncode:
-        sys.exit(f"seqkit fit failed, see {run_dir / 'fit.log'}:\n{result.stderr[-2000:]}")
-    return wall, result.stdout
+        sys.exit(f"seqkit fit failed, see {log}:\n{result.stderr[-2000:]}")
+    return Path(re.search(r"model written to (\S+)", result.stdout).group(1))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes/transformer-multi30k.yaml")
-    parser.add_argument("--src", default="en", help="source language: en, de or fr")
-    parser.add_argument("--tgt", default="de", help="target language: en, de or fr")
-    parser.add_argument("--minutes", type=int, default=60, help="training budget")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k")
-    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs/bench-multi30k")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("overrides", nargs="*", help="extra `seqkit fit` flags, after --")
-    args = parser.parse_args()
-    args.run_dir.mkdir(parents=True, exist_ok=True)
+def training_figures(model_dir: Path) -> dict:
+    """Tokens/s, steps and wall time from the run's fit.log; test perplexity from metrics.csv."""
+    figures: dict = {}
+    log = model_dir.parents[2] / "fit.log"
+    if log.exists():
+        text = log.read_text()
+        if rate := re.search(r"in \d+ s of steps: ([\d,]+) tokens/s", text):
+            figures["tokens_per_sec"] = int(rate.group(1).replace(",", ""))
+        if wall := re.search(r"wall time (\d+) s", text):
+            figures["wall_min"] = int(wall.group(1)) / 60
+    metrics = model_dir.parent / "metrics.csv"
+    if metrics.exists():
+        rows = list(csv.DictReader(metrics.open()))
+        figures["steps"] = max(int(r["step"]) for r in rows if r.get("step"))
+        ppl = [float(r["test/ppl"]) for r in rows if r.get("test/ppl")]
+        if ppl:
+            figures["test_ppl"] = ppl[-1]
+    return figures
 
-    wall, log = fit(args)
-    rate = re.search(r"trained on ([\d,]+) tokens in (\d+) s of steps: ([\d,]+) tokens/s", log)
-    model_dir = Path(re.search(r"model written to (\S+)", log).group(1))
 
+def score(model_dir: Path, args: argparse.Namespace) -> dict:
+    """Beam-search the test set and score it."""
     from seqkit import Seq2Seq
     from seqkit.data.sources import read_lines
     from seqkit.metrics import paper_bleu, translation_scores
@@ -67,24 +76,55 @@ def main() -> None:
     hyps = model.translate(sources, beam_size=args.beam)
     decode_s = time.perf_counter() - start
     scores = translation_scores(hyps, refs)
+    return {
+        "decode_s": decode_s,
+        "sentences_per_sec": len(sources) / decode_s,
+        "bleu": scores["bleu"],
+        "chrf": scores["chrf"],
+        "paper_bleu": paper_bleu(hyps, refs),
+        "bleu_signature": scores["bleu_signature"],
+    }
 
-    print(f"model: {model_dir}")
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes/transformer-multi30k.yaml")
+    parser.add_argument("--src", default="en", help="source language: en, de or fr")
+    parser.add_argument("--tgt", default="de", help="target language: en, de or fr")
+    parser.add_argument("--minutes", type=int, default=60, help="training budget")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / "runs/bench-multi30k")
+    parser.add_argument("--model", type=Path, help="score this exported model, do not train")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("overrides", nargs="*", help="extra `seqkit fit` flags, after --")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = args.model or fit(args)
+    result = {"model": str(model_dir), "pair": f"{args.src}-{args.tgt}", "beam": args.beam}
+    result |= training_figures(model_dir) | score(model_dir, args)
+    (args.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    r = run(args)
+    print(f"model: {r['model']}")
     print(
-        f"training: {rate.group(3) if rate else '?'} tokens/s, wall time {wall / 60:.1f} min "
+        f"training: {r.get('tokens_per_sec', '?'):,} tokens/s, {r.get('steps', '?')} steps, "
+        f"wall time {r.get('wall_min', float('nan')):.1f} min "
         f"(budget {args.minutes} min, including data preparation and the test pass)"
     )
-    print(
-        f"decoding test2016 (beam {args.beam}): {decode_s:.1f} s, "
-        f"{len(sources) / decode_s:.1f} sentences/s"
-    )
-    print(f"chrF {scores['chrf']:.1f}  ({scores['chrf_signature']})")
-    print(f"lowercased tokenized BLEU {paper_bleu(hyps, refs):.1f}")
-    ppl = re.search(r"test/ppl\s+([\d.]+)", log)
-    print(f"test perplexity {float(ppl.group(1)):.2f}" if ppl else "test perplexity ?")
-    print(
-        f"sacreBLEU test2016 {args.src}-{args.tgt} beam {args.beam}: {scores['bleu']:.1f}  "
-        f"({scores['bleu_signature']})"
-    )
+    print(f"decoding test2016 (beam {args.beam}): {r['decode_s']:.1f} s, "
+          f"{r['sentences_per_sec']:.1f} sentences/s")  # fmt: skip
+    print(f"chrF {r['chrf']:.1f}")
+    print(f"lowercased tokenized BLEU {r['paper_bleu']:.1f}")
+    print(f"test perplexity {r.get('test_ppl', float('nan')):.2f}")
+    print(f"sacreBLEU test2016 {r['pair']} beam {args.beam}: {r['bleu']:.1f}  "
+          f"({r['bleu_signature']})")  # fmt: skip
 
 
 if __name__ == "__main__":
