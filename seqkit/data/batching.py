@@ -1,19 +1,25 @@
-"""Token-budget batches: a length-bucketing sampler, a batch-fetching dataset, and `collate`."""
+"""Token-budget batches: a length-bucketing sampler, a batch-fetching dataset, `collate`, and a
+training loader that a run resumed mid-epoch continues."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from seqkit.data.tokenizer import BOS, PAD
 
 Batch = dict[str, Any]
+
+
+class Repeat(list):
+    """A batch a sampler repeats only so that every rank gets as many batches: evaluation
+    skips it, training uses it like any other."""
 
 
 class TokenBatchSampler(DistributedSampler):
@@ -23,7 +29,9 @@ class TokenBatchSampler(DistributedSampler):
     greedily into batches, whose order is then shuffled by `seed + epoch`. With
     `shuffle=False` the batches come sorted by length in a fixed order (for evaluation).
     Each rank takes every `num_replicas`-th batch; the batch list is padded by repeating
-    batches from its start so that every rank gets `len(self)` batches and none waits.
+    batches from its start, as `Repeat` lists, so that every rank gets `len(self)` batches
+    and none waits. `start` skips this rank's first batches (for a run resumed mid-epoch); `len`
+    stays the full count.
 
     A subclass of DistributedSampler so that Lightning keeps it under DDP (rather than
     wrapping it) and calls `set_epoch`; it needs no process group.
@@ -56,6 +64,7 @@ class TokenBatchSampler(DistributedSampler):
         # so the count is the same every epoch.
         self.num_batches = len(_cut(np.sort(self.lengths), max_tokens))
         self.batches_per_rank = -(-self.num_batches // num_replicas)
+        self.start = 0  # the first of this rank's batches that an iteration yields
 
     def batches(self) -> list[list[int]]:
         """All batches of this epoch, before sharding."""
@@ -76,8 +85,9 @@ class TokenBatchSampler(DistributedSampler):
         batches = self.batches()
         total = self.batches_per_rank * self.num_replicas
         if batches:
-            batches = (batches * -(-total // len(batches)))[:total]
-        return iter(batches[self.rank :: self.num_replicas])
+            repeats = [Repeat(b) for b in batches] * -(-total // len(batches))
+            batches = (batches + repeats)[:total]
+        return iter(batches[self.rank :: self.num_replicas][self.start :])
 
     def __len__(self) -> int:
         return self.batches_per_rank
@@ -110,8 +120,8 @@ class TokenBatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, indices: list[int]) -> dict[str, list[Any]]:
-        return self.data[indices]
+    def __getitem__(self, indices: list[int]) -> dict[str, Any]:
+        return {**self.data[list(indices)], "repeat": isinstance(indices, Repeat)}
 
 
 def pad(sequences: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -125,7 +135,8 @@ def collate(rows: Mapping[str, Sequence[Any]]) -> Batch:
     `source` and `target`.
 
     Returns `src` (B, S), `tgt_in` = BOS + target without its EOS (B, T), `tgt_out` =
-    target with EOS (B, T), all PAD-padded; `index` (B,); raw `src_text` and `tgt_text`.
+    target with EOS (B, T), all PAD-padded; `index` (B,); raw `src_text` and `tgt_text`;
+    `repeat`, True for a batch repeated only to even out ranks.
     """
     return {
         "src": pad(rows["src_ids"]),
@@ -134,4 +145,54 @@ def collate(rows: Mapping[str, Sequence[Any]]) -> Batch:
         "index": torch.as_tensor(rows["index"], dtype=torch.long),
         "src_text": list(rows["source"]),
         "tgt_text": list(rows["target"]),
+        "repeat": bool(rows.get("repeat", False)),
     }
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader of token batches that begins each epoch where the trainer stands:
+    `position()` gives the trainer's epoch and how many of its batches it has had, or None when
+    not training. That is 0 batches in a new epoch; in a run resumed mid-epoch it is the count
+    the checkpoint holds, so the run trains on the rest of that epoch in the interrupted order
+    (under DDP each rank skips as many of its own batches).
+
+    The trainer's count, not this loader's: the loader's runs ahead by what workers prefetch,
+    and Lightning restores a loader's `load_state_dict` state only if it sets up the data after
+    restoring, which `estimated_stepping_batches` prevents (Lightning issue #20550).
+    """
+
+    sampler: TokenBatchSampler
+
+    def __init__(
+        self,
+        dataset: TokenBatchDataset,
+        sampler: TokenBatchSampler,
+        position: Callable[[], tuple[int, int] | None],
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=None,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
+        self.position = position
+
+    def __iter__(self) -> Iterator[Batch]:  # type: ignore[override]
+        # Lazy, so the position is read at the first batch: Lightning calls `iter` before it
+        # restores its progress. The epoch is the trainer's too: Lightning's `set_epoch` comes
+        # late (an eager resume got epoch 0's order) and, resuming a max_steps run from an
+        # epoch's end, is one ahead.
+        epoch, self.sampler.start = self.position() or (self.sampler.epoch, 0)
+        self.sampler.set_epoch(epoch)
+        yield from super().__iter__()
+
+    # The position is in the trainer's progress, which checkpoints hold; these two only make
+    # Lightning see a resumable loader, so that it does not warn that resuming mid-epoch is not.
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
