@@ -1,12 +1,26 @@
-"""Callbacks that make training measurable."""
+"""Callbacks that make training measurable and let a person see what the model does."""
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import struct
 import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from tokenizers import Tokenizer
+from torch import Tensor
 
-from seqkit.tokens import PAD
+from seqkit.data.batching import pad
+from seqkit.decoding import default_max_len, greedy
+from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 
 class TokensPerSecond(L.Callback):
@@ -46,3 +60,217 @@ class TokensPerSecond(L.Callback):
                 f"trained on {self.tokens * trainer.world_size:,} tokens in "
                 f"{self.seconds:.0f} s of steps: {rate:,.0f} tokens/s"
             )
+
+
+class _ValidationSamples(L.Callback):
+    """Holds `n` fixed validation sentences, those with the lowest dataset indices: the same
+    every epoch whatever the batch order, and drawn from the whole split rather than from the
+    shortest sentences that come first in length-sorted batches. Rank 0 keeps and logs them;
+    the sanity check is skipped."""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        self.n = n
+        self._rows: dict[int, tuple[list[int], str, str]] = {}  # index: (src ids, src, ref)
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return trainer.is_global_zero and not trainer.sanity_checking and bool(trainer.loggers)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._rows = {}
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if not self._active(trainer) or dataloader_idx or batch.get("repeat"):
+            return
+        src = batch["src"]
+        for i, index in enumerate(batch["index"].tolist()):
+            if len(self._rows) < self.n or index < max(self._rows):
+                ids = src[i][src[i] != PAD].tolist()
+                self._rows[index] = (ids, batch["src_text"][i], batch["tgt_text"][i])
+                if len(self._rows) > self.n:
+                    del self._rows[max(self._rows)]
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not self._active(trainer) or not self._rows:
+            return
+        rows = [self._rows[i] for i in sorted(self._rows)]
+        src = pad([ids for ids, _, _ in rows]).to(pl_module.device)
+        self.log_samples(trainer, pl_module, src, [r[1] for r in rows], [r[2] for r in rows])
+
+    def log_samples(
+        self, trainer, pl_module, src: Tensor, sources: list[str], references: list[str]
+    ) -> None:
+        """Decode the padded sources (B, S) and log what the subclass shows."""
+        raise NotImplementedError
+
+
+class TranslationSamples(_ValidationSamples):
+    """After every validation, logs `n` fixed validation sentences with their greedy
+    translations: a `wandb.Table` under `val/samples` for W&B, a Markdown table for
+    TensorBoard, and rows appended to `samples.tsv` in the log directory of any other logger
+    that has one (CSVLogger). Columns: epoch, step, source, reference, hypothesis."""
+
+    KEY = "val/samples"
+    COLUMNS = ("epoch", "step", "source", "reference", "hypothesis")
+
+    def __init__(self, n: int = 8) -> None:
+        super().__init__(n)
+
+    def log_samples(self, trainer, pl_module, src, sources, references) -> None:
+        hyps = pl_module.generate(src, beam_size=1)
+        epoch, step = trainer.current_epoch, trainer.global_step
+        rows = [[epoch, step, *texts] for texts in zip(sources, references, hyps, strict=True)]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(self.KEY, columns=list(self.COLUMNS), data=rows, step=step)
+            elif isinstance(logger, TensorBoardLogger):
+                table = _markdown_table(self.COLUMNS[2:], [row[2:] for row in rows])
+                logger.experiment.add_text(self.KEY, table, step)
+            elif getattr(logger, "log_dir", None):
+                _append_tsv(Path(logger.log_dir) / "samples.tsv", self.COLUMNS, rows)
+
+
+class AttentionMaps(_ValidationSamples):
+    """After every validation, draws the model's attention over the source while it writes its
+    greedy translation of `n` fixed validation sentences (`net.cross_attention`: for the
+    Transformer the last decoder layer's, averaged over heads). Logs `wandb.Image`s under
+    `val/attention` for W&B (which needs pillow), `add_image` for TensorBoard, and PNG files
+    in `attention/` under the log directory of any other logger that has one.
+
+    With matplotlib installed the maps carry token labels; without it they are plain
+    grayscale grids of 8 pixels a token, brighter for more attention.
+    """
+
+    KEY = "val/attention"
+
+    def __init__(self, n: int = 2) -> None:
+        super().__init__(n)
+        self._warned: set[str] = set()
+
+    def log_samples(self, trainer, pl_module, src, sources, references) -> None:
+        maps = self._render(pl_module, src, sources)
+        if maps is None:
+            return
+        images, captions = maps
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                if importlib.util.find_spec("PIL") is None:
+                    self._warn("wandb.Image needs pillow (`pip install matplotlib` brings it)")
+                    continue
+                logger.log_image(self.KEY, images, step=step, caption=captions)
+            elif isinstance(logger, TensorBoardLogger):
+                for i, image in enumerate(images):
+                    logger.experiment.add_image(f"{self.KEY}/{i}", image, step, dataformats="HWC")
+            elif getattr(logger, "log_dir", None):
+                folder = Path(logger.log_dir) / "attention"
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, image in enumerate(images):
+                    name = f"epoch={trainer.current_epoch}-step={step}-{i}.png"
+                    (folder / name).write_bytes(png_bytes(image))
+
+    def _render(
+        self, pl_module, src: Tensor, sources: list[str]
+    ) -> tuple[list[np.ndarray], list[str]] | None:
+        """RGB heat maps and captions, or None (with a warning) for a model without attention."""
+        net, tokenizers = pl_module.net, pl_module.tokenizers
+        src_mask = src != PAD
+        max_len = default_max_len(src_mask)
+        max_len = min(max_len, getattr(pl_module.config, "max_positions", max_len))
+        hyps = greedy(net, src, src_mask, max_len=max_len)
+        # The tokens predicted: EOS too, unless the hypothesis ran into max_len.
+        outputs = [[*hyp, EOS] if len(hyp) < max_len else hyp for hyp in hyps]
+        tgt = pad([[BOS, *out[:-1]] for out in outputs]).to(src.device)
+        try:
+            weights = net.cross_attention(src, src_mask, tgt).detach().float().cpu().numpy()
+        except ValueError as err:
+            self._warn(str(err))
+            return None
+        images, captions = [], []
+        for i, (out, text) in enumerate(zip(outputs, tokenizers.decode_target(hyps), strict=True)):
+            src_labels = token_labels(tokenizers.source, src[i][src_mask[i]].tolist())
+            tgt_labels = token_labels(tokenizers.target, out)
+            grid = weights[i, : len(tgt_labels), : len(src_labels)]
+            images.append(render_attention(grid, src_labels, tgt_labels))
+            captions.append(f"{sources[i]} → {text}")
+        return images, captions
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            rank_zero_warn(f"AttentionMaps: {message}; no attention maps are logged there")
+
+
+def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
+    """One readable label per token id; "▁" marks a leading space, as in SentencePiece."""
+    labels = []
+    for i in ids:
+        text = SPECIAL_TOKENS[i] if i < len(SPECIAL_TOKENS) else tokenizer.decode([i])
+        labels.append(text.replace(" ", "▁"))
+    return labels
+
+
+def render_attention(
+    weights: np.ndarray, src_labels: list[str], tgt_labels: list[str]
+) -> np.ndarray:
+    """An RGB heat map (H, W, 3) uint8 of `weights` (T, S): one row per output token, one
+    column per source token. Labelled axes with matplotlib (drawn off-screen by Agg, leaving
+    pyplot's state alone), a plain grayscale grid without it."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        cells = np.kron(weights / max(float(weights.max()), 1e-9), np.ones((8, 8)))
+        return np.repeat((255 * cells).round().astype(np.uint8)[..., None], 3, axis=-1)
+    t, s = weights.shape
+    fig = Figure(figsize=(1.5 + 0.3 * max(s, 6), 1.2 + 0.3 * max(t, 6)), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, aspect="auto")
+    ax.set_xticks(range(s), src_labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(t), tgt_labels, fontsize=8)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A PNG file of an RGB uint8 image (H, W, 3), written without an imaging library."""
+    h, w, _ = image.shape
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), image.reshape(h, -1)], axis=1)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    idat = zlib.compress(rows.tobytes())  # each row starts with filter type 0
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """TensorBoard renders text summaries as Markdown."""
+
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = [columns, ["---"] * len(columns), *rows]
+    return "\n".join("| " + " | ".join(cell(v) for v in line) + " |" for line in lines)
+
+
+def _append_tsv(path: Path, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        if new:
+            writer.writerow(columns)
+        writer.writerows(rows)

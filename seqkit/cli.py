@@ -7,10 +7,11 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 USAGE = """usage: seqkit COMMAND [options]
 
@@ -23,14 +24,61 @@ Training (LightningCLI; `seqkit COMMAND --help` lists every option):
 
 Using trained models:
   export     write a checkpoint as a model directory: seqkit export CKPT DIR
+  average    average checkpoints: seqkit average --last 5 RUN_DIR/checkpoints --out DIR
   translate  translate lines: seqkit translate --model DIR < src.txt > hyp.txt
   evaluate   sacreBLEU and chrF: seqkit evaluate --model DIR --src test.en.gz --ref test.de.gz
 """
 
 
+class SaveConfig(SaveConfigCallback):
+    """Writes config.yaml beside the logs and gives the resolved config to W&B runs."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                config = self.parser.dump(self.config, skip_none=False, format="json")
+                logger.experiment.config.update({"recipe": json.loads(config)})
+
+
 class SeqkitCLI(LightningCLI):
-    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it, and whose
-    `predict` writes the translations in the data's order."""
+    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it, whose
+    `predict` writes the translations in the data's order, and whose `--wandb PROJECT` logs
+    the run to Weights & Biases with sample translations and attention maps."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--wandb",
+            type=str | None,
+            default=None,
+            help="Also log to this Weights & Biases project: metrics, the resolved config, "
+            "sample translations and attention maps every validation (WANDB_MODE=offline "
+            "works without an account)",
+        )
+        parser.add_argument(
+            "--wandb_log_model",
+            type=bool | Literal["all"],
+            default=False,
+            help="With --wandb: upload the best checkpoint (true) or every one (all) as artifacts",
+        )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        project = self._get(self.config_init, "wandb")
+        if project:
+            from lightning.pytorch.loggers import WandbLogger
+
+            from seqkit.callbacks import AttentionMaps, TranslationSamples
+
+            log_model = self._get(self.config_init, "wandb_log_model")
+            # After the loggers the recipe has, so that log_dir and checkpoints stay there.
+            logger = WandbLogger(
+                project=project, log_model=log_model, save_dir=trainer.default_root_dir
+            )
+            trainer.loggers = [*trainer.loggers, logger]
+            trainer.callbacks[:0] = [TranslationSamples(), AttentionMaps()]
+        return trainer
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -45,6 +93,9 @@ class SeqkitCLI(LightningCLI):
             metrics = {k: round(float(v), 4) for k, v in results[0].items()} if results else {}
         # Beside the checkpoints (version_N/model), so that runs never overwrite each other.
         run_dir = Path(best).parent.parent if best else Path(trainer.log_dir or ".")
+        recipes = self._get(self.config, "config") or []
+        if recipes:
+            self.model.provenance["recipe"] = " ".join(str(path) for path in recipes)
         if trainer.is_global_zero:
             out = self.model.save_pretrained(run_dir / "model", metrics=metrics)
             print(
@@ -76,6 +127,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
+        save_config_callback=SaveConfig,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -176,7 +228,18 @@ def export_main(argv: list[str]) -> None:
     print(f"model written to {out}")
 
 
-TOOLS = {"translate": translate_main, "evaluate": evaluate_main, "export": export_main}
+def average_main(argv: list[str]) -> None:
+    from seqkit import average
+
+    average.main(argv)
+
+
+TOOLS = {
+    "translate": translate_main,
+    "evaluate": evaluate_main,
+    "export": export_main,
+    "average": average_main,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

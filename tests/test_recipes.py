@@ -18,7 +18,7 @@ def test_there_are_recipes():
 def test_recipe_parses_and_instantiates(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["--config", str(recipe)], run=False)
-    written = yaml.safe_load(recipe.read_text())["model"]["init_args"]["config"]
+    written = yaml.safe_load(recipe.read_text())["model"]["init_args"].get("config", {})
     built = cli.model.hparams["config"]
     assert {key: built[key] for key in written} == written  # every value reached the model
     assert "expected" in recipe.read_text().lower()  # each recipe states what it should reach

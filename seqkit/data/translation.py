@@ -14,12 +14,13 @@ from typing import Any, Literal
 
 import datasets
 import lightning as L
+import numpy as np
 import pyarrow.compute as pc
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from seqkit.data.batching import TokenBatchDataset, TokenBatchSampler, collate
-from seqkit.data.sources import load_pairs, read_columns
+from seqkit.data.batching import ResumableLoader, TokenBatchDataset, TokenBatchSampler, collate
+from seqkit.data.sources import DataError, load_pairs, read_columns
 from seqkit.data.tokenizer import EOS, Tokenizers
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ class TranslationData(L.LightningDataModule):
         target_column: Target column of a table or dataset (default: `tgt_lang`).
         vocab_size: BPE vocabulary size per tokenizer (at least 260).
         joint_vocab: One tokenizer for both languages instead of one per side.
-        tokenizer: Directory with tokenizer file(s) to reuse instead of training one
-            (for fine-tuning a trained model).
+        tokenizer: Directory with tokenizer file(s) to reuse instead of training one.
+            Default: the tokenizer of the model being fitted when it has one (a model
+            fine-tuned from `init_from`), else one trained on the train split.
         min_frequency: Minimum count of a pair for a BPE merge.
         max_tokens: Token budget of a training batch, padding included.
         eval_max_tokens: Token budget of an evaluation batch (default: `max_tokens`).
@@ -66,6 +68,9 @@ class TranslationData(L.LightningDataModule):
         overlong: What to do with training pairs longer than `max_length`: "truncate" them
             (keeping EOS last) or "drop" them. Val/test pairs are always truncated, never
             dropped; the count is reported either way.
+        held_out: When `path` is a single table file: how many pairs to hold out, picked by
+            `seed`, for each of the val and test stages; the rest is the train stage.
+            0 (default): every stage reads the whole file.
         num_workers: DataLoader worker processes (persistent when > 0).
         seed: Seed of the batch order.
         cache_dir: Cache directory (default: $SEQKIT_CACHE or ~/.cache/seqkit).
@@ -87,6 +92,7 @@ class TranslationData(L.LightningDataModule):
         eval_max_tokens: int | None = None,
         max_length: int = 256,
         overlong: Literal["truncate", "drop"] = "truncate",
+        held_out: int = 0,
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
@@ -109,6 +115,9 @@ class TranslationData(L.LightningDataModule):
         self.tokenizer_dir = tokenizer
         self.max_tokens, self.eval_max_tokens = max_tokens, eval_max_tokens or max_tokens
         self.max_length, self.overlong = max_length, overlong
+        if held_out < 0:
+            raise ValueError(f"held_out must be >= 0, got {held_out}")
+        self.held_out = held_out
         self.num_workers, self.seed = num_workers, seed
         default_cache = os.environ.get("SEQKIT_CACHE") or Path.home() / ".cache" / "seqkit"
         self.cache_root = Path(cache_dir or default_cache).expanduser()
@@ -123,10 +132,26 @@ class TranslationData(L.LightningDataModule):
         """Stage -> Dataset with string columns "source" and "target"; override for other data."""
         if self.path is None:
             raise ValueError(f"{type(self).__name__}: give path= (a directory, file or dataset)")
-        return load_pairs(
-            self.path, self.src_lang, self.tgt_lang, self.splits,
-            self.source_column, self.target_column,
-        )  # fmt: skip
+        one_file = Path(self.path).expanduser().is_file()
+        if self.held_out and not one_file:
+            raise ValueError(f"held_out={self.held_out} needs path= to be one table file")
+        splits = {"train": "train"} if self.held_out else self.splits
+        raw = load_pairs(
+            self.path, self.src_lang, self.tgt_lang, splits, self.source_column, self.target_column
+        )
+        if not self.held_out:
+            return raw
+        data = raw["train"]
+        if len(data) <= 2 * self.held_out:
+            raise DataError(
+                f"{self.path}: {len(data)} pairs cannot spare held_out={self.held_out} "
+                "for each of val and test"
+            )
+        order = np.random.default_rng(self.seed).permutation(len(data))
+        parts = {"val": order[: self.held_out], "test": order[self.held_out : 2 * self.held_out]}
+        parts["train"] = order[2 * self.held_out :]
+        parts["predict"] = parts["test"]
+        return {stage: data.select(np.sort(parts[stage])) for stage in self.splits}
 
     def raw(self) -> dict[str, datasets.Dataset]:
         """`load_raw()`, read once."""
@@ -155,10 +180,14 @@ class TranslationData(L.LightningDataModule):
 
     @property
     def tokenizers(self) -> Tokenizers:
-        """The tokenizer pair: given, cached, or trained on the train split now."""
+        """The tokenizer pair: given as `tokenizer`, else the one of the model being trained
+        (fine-tuning from `init_from`), else cached or trained on the train split now."""
         if self._tokenizers is None:
+            model = getattr(self.trainer, "lightning_module", None)
             if self.tokenizer_dir is not None:
                 self._tokenizers = Tokenizers.load(self.tokenizer_dir)
+            elif getattr(model, "tokenizers", None) is not None:
+                self._tokenizers = model.tokenizers
             else:
                 self._tokenizers = self._cached_tokenizers()
         return self._tokenizers
@@ -270,14 +299,25 @@ class TranslationData(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
         )
+        dataset = TokenBatchDataset(data)
+        if stage == "train":
+            return ResumableLoader(dataset, sampler, self._position, self.num_workers)
         return DataLoader(
-            TokenBatchDataset(data),
+            dataset,
             batch_size=None,
             sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _position(self) -> tuple[int, int] | None:
+        """The epoch and how many of its batches the trainer has had, restored from the
+        checkpoint when resuming; None when not training."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.max_tokens, shuffle=True)

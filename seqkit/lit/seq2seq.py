@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -14,6 +16,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from seqkit.card import model_card
 from seqkit.data.batching import TokenBatchSampler, pad
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import beam_search, default_max_len, greedy
@@ -34,6 +37,32 @@ class DecodingConfig:
     """GNMT length penalty exponent; 0 ranks hypotheses by raw log-probability."""
     max_len: int | None = None
     """Longest output in tokens; None allows 1.5 × the longest source + 10."""
+
+
+FREEZABLE = {
+    "embeddings": ("src_embed.", "tgt_embed.", "pos_embed."),
+    "encoder": ("encoder.", "encoder_norm."),
+}
+DROPOUTS = ("dropout", "attention_dropout", "activation_dropout")
+
+
+def _fine_tuning_config(pretrained: ModelConfig, given: ModelConfig, origin: str) -> ModelConfig:
+    """The pretrained config, with the dropout rates `given` sets; anything else is an error."""
+    changes = {
+        f.name: getattr(given, f.name)
+        for f in fields(given)
+        if getattr(given, f.name) != f.default and not f.name.endswith("vocab_size")
+    }
+    if type(given) is type(pretrained):
+        changes = {k: v for k, v in changes.items() if v != getattr(pretrained, k)}
+    wrong = {k: v for k, v in changes.items() if k not in DROPOUTS}
+    if wrong or (changes and type(given) is not type(pretrained)):
+        raise ValueError(
+            f"model.init_from={origin} fixes the architecture ({type(pretrained).__name__} "
+            f"in its config.json); model.config may only change {', '.join(DROPOUTS)}, "
+            f"got {wrong or changes}"
+        )
+    return replace(pretrained, **changes)
 
 
 def _as(cls: type, value):
@@ -69,6 +98,11 @@ class Seq2Seq(L.LightningModule):
         optimizer: AdamW and its learning-rate schedule.
         decoding: beam search settings for test, predict and `translate`.
         label_smoothing: mass spread uniformly over the vocabulary (Szegedy et al., 2016).
+        init_from: a model directory (`save_pretrained`, `seqkit export`) to fine-tune: its
+            architecture, weights and tokenizer are used, and the data module reuses that
+            tokenizer. `config` may then only change dropout rates.
+        freeze: parts left untrained: "embeddings" (every token and position embedding,
+            and the output projection when tied to one) and/or "encoder" (its layers).
     """
 
     def __init__(
@@ -77,20 +111,41 @@ class Seq2Seq(L.LightningModule):
         optimizer: OptimizerConfig = OptimizerConfig(),
         decoding: DecodingConfig = DecodingConfig(),
         label_smoothing: float = 0.1,
+        init_from: str | None = None,
+        freeze: list[Literal["embeddings", "encoder"]] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(config, dict):
             config = config_from_dict(config)
+        pretrained = None
+        if init_from is not None:
+            pretrained = Seq2Seq.from_pretrained(init_from)
+            config = _fine_tuning_config(pretrained.config, config, init_from)
+        unknown = set(freeze or ()) - set(FREEZABLE)
+        if unknown:
+            raise ValueError(f"freeze: unknown part(s) {sorted(unknown)}; choose from {FREEZABLE}")
         self.config = config
         self.optim_config = _as(OptimizerConfig, optimizer)
         self.decoding = _as(DecodingConfig, decoding)
         self.label_smoothing = label_smoothing
+        self.init_from, self.freeze = init_from, list(freeze or ())
         self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`
-        self.hparams.update(self._plain_hparams())
+        self._update_hparams()
         self.net = build_model(config) if config.src_vocab_size and config.tgt_vocab_size else None
         self.tokenizers: Tokenizers | None = None
-        self.val_nll, self.test_nll = MeanMetric(), MeanMetric()
+        # Where the weights come from, for the model card: data, recipe, steps, metrics.
+        self.provenance: dict = {"init_from": init_from} if init_from else {}
+        if pretrained is not None:
+            self.net.load_state_dict(pretrained.net.state_dict())
+            self.tokenizers = pretrained.tokenizers
+        self._freeze()
+        self.eval_loss, self.eval_nll = MeanMetric(), MeanMetric()
         self._outputs: list[tuple[int, str, str]] = []
+
+    def _update_hparams(self) -> None:
+        self.hparams.update(self._plain_hparams())
+        # Loggers (W&B, TensorBoard) record this snapshot: fields, not a dataclass repr.
+        self._hparams_initial = copy.deepcopy(self._hparams)
 
     def _plain_hparams(self) -> dict:
         """Plain data only, so checkpoints load with `torch.load(weights_only=True)`."""
@@ -99,7 +154,19 @@ class Seq2Seq(L.LightningModule):
             "optimizer": asdict(self.optim_config),
             "decoding": asdict(self.decoding),
             "label_smoothing": self.label_smoothing,
+            # The checkpoint holds the weights and the config: loading it must not need the
+            # directory the run started from.
+            "init_from": None,
+            "freeze": self.freeze,
         }
+
+    def _freeze(self) -> None:
+        if self.net is None:
+            return
+        frozen = tuple(prefix for part in self.freeze for prefix in FREEZABLE[part])
+        for name, param in self.net.named_parameters():
+            if name.startswith(frozen):
+                param.requires_grad_(False)
 
     # -- pairing with the data ----------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -138,21 +205,31 @@ class Seq2Seq(L.LightningModule):
                         f"tokenizer has {size} tokens; set it to 0 to follow the data"
                     )
             self.config = replace(self.config, **sizes)
-            self.hparams["config"] = model_config_to_dict(self.config)
+            self._update_hparams()
         if self.net is None:
             if not self.config.src_vocab_size:
                 raise ValueError(
                     "vocabulary sizes unknown: give them in the config or fit with data"
                 )
             self.net = build_model(self.config)
+            self._freeze()
+
+    def on_fit_start(self) -> None:
+        data = getattr(self.trainer, "datamodule", None)
+        if data is not None:
+            keys = ("path", "src_lang", "tgt_lang", "splits", "vocab_size", "joint_vocab", "count")
+            info = {k: data.hparams[k] for k in keys if k in data.hparams}
+            self.provenance["data"] = {"class": type(data).__name__, **info}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizers is not None:
             checkpoint["tokenizers"] = self.tokenizers.to_dict()
+        checkpoint["provenance"] = {**self.provenance, "steps": self.trainer.global_step}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizers" in checkpoint:
             self._use_tokenizers(Tokenizers.from_dict(checkpoint["tokenizers"]), "the checkpoint")
+        self.provenance = dict(checkpoint.get("provenance", {}))
 
     # -- training and evaluation ----------------------------------------------------------
     def configure_optimizers(self) -> dict:
@@ -167,24 +244,19 @@ class Seq2Seq(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._step(batch, "test")
 
-    def _step(self, batch: dict, stage: str) -> Tensor:
+    def _step(self, batch: dict, stage: str) -> Tensor | None:
+        if stage != "train" and batch.get("repeat"):
+            return None  # a copy that only evens out ranks: count every sentence once
         logits = self.net(batch["src"], batch["tgt_in"])
         loss, nll, n_tokens = label_smoothed_nll(logits, batch["tgt_out"], self.label_smoothing)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            batch_size=n_tokens,
-            prog_bar=True,
-            on_step=on_step,
-            on_epoch=not on_step,
-            sync_dist=not on_step,
-        )
         if stage == "train":
+            self.log("train/loss", loss, batch_size=n_tokens, prog_bar=True)
             self.log("train/ppl", nll.exp(), batch_size=n_tokens)
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n_tokens)
             return loss
-        getattr(self, f"{stage}_nll").update(nll, n_tokens)
+        # Token-weighted means, summed over ranks by torchmetrics at the end of the epoch.
+        self.eval_loss.update(loss.detach(), n_tokens)
+        self.eval_nll.update(nll, n_tokens)
         hyps = self.generate(batch["src"], beam_size=1 if stage == "val" else None)
         self._outputs += zip(batch["index"].tolist(), hyps, batch["tgt_text"], strict=True)
         return loss
@@ -207,9 +279,10 @@ class Seq2Seq(L.LightningModule):
         by_index = {index: (hyp, ref) for index, hyp, ref in outputs}
         hyps, refs = zip(*(by_index[i] for i in sorted(by_index)), strict=True)
         scores = translation_scores(list(hyps), list(refs))
-        metric = getattr(self, f"{stage}_nll")
-        self.log(f"{stage}/ppl", metric.compute().exp())
-        metric.reset()
+        self.log(f"{stage}/loss", self.eval_loss.compute(), prog_bar=True)
+        self.log(f"{stage}/ppl", self.eval_nll.compute().exp())
+        self.eval_loss.reset()
+        self.eval_nll.reset()
         for key in ("bleu", "chrf", "exact_match"):
             self.log(f"{stage}/{key}", scores[key], prog_bar=key == "bleu")
         return scores
@@ -272,15 +345,17 @@ class Seq2Seq(L.LightningModule):
 
     # -- Hugging Face-style directories -------------------------------------------------
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """Write config.json, model.safetensors and the tokenizer file(s) into `directory`."""
+        """Write config.json, model.safetensors, the tokenizer file(s) and a README.md model
+        card into `directory`. `metrics` (e.g. test scores) go into the card and config."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"config": model_config_to_dict(self.config), "decoding": asdict(self.decoding)}
-        if metrics:
-            meta["metrics"] = metrics
+        config = model_config_to_dict(self.config)
+        provenance = {**self.provenance, **({"metrics": metrics} if metrics else {})}
+        meta = {"config": config, "decoding": asdict(self.decoding), "provenance": provenance}
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_model(self.net, str(directory / "model.safetensors"))
         self.tokenizers.save(directory)
+        (directory / "README.md").write_text(model_card(config, self.net, provenance))
         return directory
 
     @classmethod
@@ -298,6 +373,7 @@ class Seq2Seq(L.LightningModule):
         model = cls(config=config, decoding=DecodingConfig(**meta.get("decoding", {})))
         load_model(model.net, str(directory / "model.safetensors"), device=map_location)
         model.tokenizers = Tokenizers.load(directory)
+        model.provenance = meta.get("provenance", {})
         return model.eval()
 
 

@@ -220,3 +220,20 @@ class RNNSeq2Seq(nn.Module):
         src_mask = src != PAD
         logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask)
         return logits
+
+    def cross_attention(self, src: Tensor, src_mask: Tensor, tgt: Tensor) -> Tensor:
+        """Attention weights (B, T, S) of every target position over the source, teacher-forced
+        on `tgt` (B, T); zero on source padding."""
+        if self.attention is None:
+            raise ValueError(
+                "this RNNSeq2Seq has attention='none': it has no attention weights to show"
+            )
+        weights = []  # one (B, T, S) call, or T calls of (B, 1, S) when decoding stepwise
+        hook = self.attention.register_forward_hook(
+            lambda module, args, out: weights.append(out[1])
+        )
+        try:
+            self.decode(tgt, self.encode(src, src_mask), src_mask)
+        finally:
+            hook.remove()
+        return torch.cat(weights, dim=1)

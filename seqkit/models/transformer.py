@@ -329,3 +329,21 @@ class Transformer(nn.Module):
         src_mask = src != PAD
         logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask)
         return logits
+
+    def cross_attention(self, src: Tensor, src_mask: Tensor, tgt: Tensor) -> Tensor:
+        """Weights (B, T, S) of the last decoder layer's attention to the source, averaged over
+        heads, teacher-forced on `tgt` (B, T); zero on source padding. For plots: call it in
+        eval mode, as attention dropout would otherwise differ from these weights."""
+        attn = self.decoder[-1].cross_attn
+        queries = []  # SDPA returns no weights: catch the query projection and redo q·k
+        hook = attn.q.register_forward_hook(lambda module, args, out: queries.append(out))
+        try:
+            memory = self.encode(src, src_mask)
+            self.decode(tgt, memory, src_mask)
+        finally:
+            hook.remove()
+        q = attn.split_heads(queries[0])  # (B, H, T, Dh)
+        k, _ = attn.project_kv(memory)  # (B, H, S, Dh)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+        scores = scores.masked_fill(~src_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1).mean(1)
