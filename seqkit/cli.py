@@ -89,7 +89,9 @@ class SeqkitCLI(LightningCLI):
         metrics = {}
         if "test" in getattr(self.datamodule, "splits", {}):
             # Testing the best checkpoint leaves its weights in self.model.
-            results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            results = trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True
+            )
             metrics = {k: round(float(v), 4) for k, v in results[0].items()} if results else {}
         # Beside the checkpoints (version_N/model), so that runs never overwrite each other.
         run_dir = Path(best).parent.parent if best else Path(trainer.log_dir or ".")

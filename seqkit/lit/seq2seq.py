@@ -279,12 +279,13 @@ class Seq2Seq(L.LightningModule):
         by_index = {index: (hyp, ref) for index, hyp, ref in outputs}
         hyps, refs = zip(*(by_index[i] for i in sorted(by_index)), strict=True)
         scores = translation_scores(list(hyps), list(refs))
-        self.log(f"{stage}/loss", self.eval_loss.compute(), prog_bar=True)
-        self.log(f"{stage}/ppl", self.eval_nll.compute().exp())
+        # Every rank holds the same values: sync_dist only tells Lightning so.
+        self.log(f"{stage}/loss", self.eval_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/ppl", self.eval_nll.compute().exp(), sync_dist=True)
         self.eval_loss.reset()
         self.eval_nll.reset()
         for key in ("bleu", "chrf", "exact_match"):
-            self.log(f"{stage}/{key}", scores[key], prog_bar=key == "bleu")
+            self.log(f"{stage}/{key}", scores[key], prog_bar=key == "bleu", sync_dist=True)
         return scores
 
     # -- decoding -----------------------------------------------------------------------
