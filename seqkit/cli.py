@@ -77,7 +77,8 @@ class SeqkitCLI(LightningCLI):
                 project=project, log_model=log_model, save_dir=trainer.default_root_dir
             )
             trainer.loggers = [*trainer.loggers, logger]
-            trainer.callbacks[:0] = [TranslationSamples(), AttentionMaps()]
+            if hasattr(self.model, "generate"):  # translation models
+                trainer.callbacks[:0] = [TranslationSamples(), AttentionMaps()]
         return trainer
 
     def after_fit(self) -> None:
@@ -87,7 +88,8 @@ class SeqkitCLI(LightningCLI):
         callback = trainer.checkpoint_callback
         best = callback.best_model_path if callback else ""
         metrics = {}
-        if "test" in getattr(self.datamodule, "splits", {}):
+        splits = getattr(self.datamodule, "splits", None)  # image data always has a test split
+        if splits is None or "test" in splits:
             # Testing the best checkpoint leaves its weights in self.model.
             results = trainer.test(
                 self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True
@@ -117,7 +119,7 @@ class SeqkitCLI(LightningCLI):
         rows = sorted(dict(predictions).items())  # repeated rows (evened-out ranks) count once
         out = run_dir / "predictions.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(text + "\n" for _, text in rows), encoding="utf-8")
+        out.write_text("".join(f"{text}\n" for _, text in rows), encoding="utf-8")
         print(f"{len(rows)} translations written to {out}")
 
 

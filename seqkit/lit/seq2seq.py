@@ -65,6 +65,12 @@ def _fine_tuning_config(pretrained: ModelConfig, given: ModelConfig, origin: str
     return replace(pretrained, **changes)
 
 
+def _data_provenance(hparams, name: str) -> dict:
+    """What a model card says about the training data."""
+    keys = ("path", "src_lang", "tgt_lang", "splits", "vocab_size", "joint_vocab")
+    return {"class": name, **{k: hparams[k] for k in keys if k in hparams}}
+
+
 def _as(cls: type, value):
     """Configs arrive as dataclasses (Python, CLI) or as dicts (checkpoints)."""
     return cls(**value) if isinstance(value, dict) else value
@@ -217,9 +223,7 @@ class Seq2Seq(L.LightningModule):
     def on_fit_start(self) -> None:
         data = getattr(self.trainer, "datamodule", None)
         if data is not None:
-            keys = ("path", "src_lang", "tgt_lang", "splits", "vocab_size", "joint_vocab", "count")
-            info = {k: data.hparams[k] for k in keys if k in data.hparams}
-            self.provenance["data"] = {"class": type(data).__name__, **info}
+            self.provenance["data"] = _data_provenance(data.hparams, type(data).__name__)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizers is not None:
@@ -230,6 +234,11 @@ class Seq2Seq(L.LightningModule):
         if "tokenizers" in checkpoint:
             self._use_tokenizers(Tokenizers.from_dict(checkpoint["tokenizers"]), "the checkpoint")
         self.provenance = dict(checkpoint.get("provenance", {}))
+        data = checkpoint.get("datamodule_hyper_parameters")
+        if "data" not in self.provenance and data:  # written before provenance was kept
+            name = str(data.get("_class_path", "")).rsplit(".", 1)[-1]
+            self.provenance["data"] = _data_provenance(data, name or "unknown")
+        self.provenance.setdefault("steps", checkpoint.get("global_step"))
 
     # -- training and evaluation ----------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -1,0 +1,295 @@
+"""Images as sequences of patches: `ImageData`, the LightningDataModule of image sources
+(see `seqkit.data.images`), and `patchify` / `unpatchify` (from `seqkit.models.patches`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from seqkit.data.images import (
+    ImagePool,
+    load_source,
+    normalize,
+    pixel_stats,
+    resize,
+    stratified_split,
+)
+from seqkit.data.sources import DataError
+from seqkit.models.patches import check_divisible, patchify, unpatchify
+
+__all__ = ["ImageData", "patchify", "unpatchify"]
+
+# --- the data module ----------------------------------------------------------------------
+
+
+class _Split(Dataset):
+    """Rows `index` of an image pool; `__getitems__` makes a whole normalized batch at once."""
+
+    def __init__(self, pool: ImagePool, index: np.ndarray, mean: list[float], std: list[float]):
+        self.images, self.labels = pool.images, pool.labels
+        self.index = torch.from_numpy(index).long()
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, rows: list[int]) -> dict[str, Tensor]:
+        index = self.index[torch.as_tensor(rows, dtype=torch.long)]
+        image = normalize(self.images[index], self.mean, self.std)
+        return {"image": image, "label": self.labels[index], "index": index}
+
+    def __getitem__(self, row: int) -> dict[str, Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([row]).items()}
+
+
+def _batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return batch  # `__getitems__` already made the batch
+
+
+class ImageData(L.LightningDataModule):
+    """Labelled images held in memory as uint8, split by label-stratified sampling, served as
+    normalized float batches {"image": (B, C, H, W), "label": (B,), "index": (B,)}.
+
+    Pixels are scaled to [0, 1] and standardized per channel by the train split's mean and
+    std, which the checkpoint keeps (`state_dict`). "index" is the image's row in the source.
+    Predicting serves the test split.
+
+    Args:
+        path: "digits" (scikit-learn's bundled 8x8 digits, no files), a directory of MNIST
+            IDX files (`*-images-idx3-ubyte[.gz]`, `*-labels-idx1-ubyte[.gz]`), an image
+            folder (one subfolder per class), or a Hugging Face dataset name (e.g. mnist,
+            fashion_mnist, cifar10). A source's own test split (IDX `t10k-*`/`test-*` files
+            beside others, a dataset's "test" split) is the test split; the rest is pooled.
+        image_column: Image column of a Hugging Face dataset (default: "image" or "img").
+        label_column: Label column of a Hugging Face dataset (default: "label" or "labels").
+        val_size: Validation images: a count, or a fraction of the pooled images.
+        test_size: Test images, as `val_size`; unused when the source has a test split.
+        num_classes: Number of classes; labels must lie in [0, num_classes). Default: the
+            dataset's class names, else the largest label + 1.
+        image_size: Resize the images of a dataset or image folder to this square size.
+        augment: Shift training images by up to 1 pixel per 14 (at least 1), seeded by
+            `seed`, the epoch and the image; validation and test images are never changed.
+        seed: Seed of the split, the batch order and the augmentation.
+        batch_size: Training batch size.
+        eval_batch_size: Validation, test and predict batch size (default: `batch_size`).
+        num_workers: DataLoader worker processes (persistent when > 0).
+    """
+
+    def __init__(
+        self,
+        path: str = "digits",
+        image_column: str | None = None,
+        label_column: str | None = None,
+        val_size: int | float = 0.1,
+        test_size: int | float = 0.1,
+        num_classes: int | None = None,
+        image_size: int | None = None,
+        augment: bool = False,
+        seed: int = 0,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for name, size in (("val_size", val_size), ("test_size", test_size)):
+            count = isinstance(size, int) and size >= 1
+            if not (count or (isinstance(size, float) and 0 < size < 1)):
+                raise ValueError(f"{name}={size!r}: give a count >= 1 or a fraction in (0, 1)")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value}: must be >= 1")
+        self.path = str(path)
+        self.image_column, self.label_column = image_column, label_column
+        self.val_size, self.test_size = val_size, test_size
+        self.num_classes_given, self.image_size = num_classes, image_size
+        self.augment, self.seed = augment, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._pool: ImagePool | None = None
+        self._splits: dict[str, np.ndarray] = {}
+        self._stats: tuple[list[float], list[float]] | None = None
+        self._offsets: tuple[int, Tensor] | None = None  # (epoch, shifts of every image)
+
+    # --- data ---------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Download a Hugging Face dataset into its cache (once per node); files need nothing."""
+        local = self.path == "digits" or self.path.startswith((".", "/", "~"))
+        if not local and not Path(self.path).expanduser().exists():
+            import datasets
+
+            try:
+                datasets.load_dataset(self.path)
+            except Exception as err:  # setup reports it, on every rank
+                rank_zero_warn(f"{self.path}: download failed: {err}")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the source, split it, and take the normalization from the train split."""
+        if self._pool is not None:
+            return
+        pool = load_source(self.path, self.image_column, self.label_column, self.image_size)
+        if self.image_size is not None:
+            pool.images = resize(pool.images, (self.image_size, self.image_size))
+        self._check_labels(pool)
+        n_pool = len(pool.labels) - pool.n_test
+        n_val = _count(self.val_size, n_pool)
+        n_test = 0 if pool.n_test else _count(self.test_size, n_pool)
+        splits = stratified_split(pool.labels[:n_pool].numpy(), n_val, n_test, self.seed)
+        if pool.n_test:
+            splits["test"] = np.arange(n_pool, len(pool.labels))
+        for name, rows in splits.items():
+            if len(rows) == 0:
+                raise DataError(
+                    f"{self.path}: the {name} split is empty ({n_pool} images pooled, "
+                    f"val_size={self.val_size}, test_size={self.test_size})"
+                )
+        self._pool, self._splits = pool, splits
+        if self._stats is None:  # else restored from a checkpoint
+            self._stats = pixel_stats(pool.images[torch.from_numpy(splits["train"])])
+
+    def _check_labels(self, pool: ImagePool) -> None:
+        n = self.num_classes_given or len(pool.class_names)
+        bad = torch.nonzero((pool.labels < 0) | (pool.labels >= n)).flatten()
+        if len(bad):
+            row = int(bad[0])
+            raise DataError(
+                f"{self.path}: label {int(pool.labels[row])} of image {row} is out of range "
+                f"[0, {n}) ({len(bad)} such labels)"
+            )
+        if self.num_classes_given:  # more classes than the data shows; names for them
+            names = pool.class_names + [str(i) for i in range(len(pool.class_names), n)]
+            pool.class_names = names[:n]
+
+    def _loaded(self) -> ImagePool:
+        if self._pool is None:
+            self.setup()
+        assert self._pool is not None
+        return self._pool
+
+    def split_indices(self, stage: str) -> np.ndarray:
+        """The source rows of a split ("train", "val" or "test"), sorted."""
+        self._loaded()
+        return self._splits[stage]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        c, h, w = self._loaded().images.shape[1:]
+        return c, h, w
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._loaded().class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._loaded().class_names)
+
+    @property
+    def mean(self) -> list[float]:
+        """Per-channel mean of the train split's pixels in [0, 1]."""
+        self._loaded()
+        assert self._stats is not None
+        return list(self._stats[0])
+
+    @property
+    def std(self) -> list[float]:
+        """Per-channel standard deviation of the train split's pixels in [0, 1]."""
+        self._loaded()
+        assert self._stats is not None
+        return list(self._stats[1])
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """uint8 (0..255) or float ([0, 1]) images -> what the batches hold."""
+        return normalize(images, self.mean, self.std)
+
+    def check_patch_size(self, patch_size: int) -> None:
+        """Raise ValueError unless `patch_size` divides the image height and width."""
+        check_divisible(self.image_shape[1:], patch_size, f"{self.path} images")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._stats = (list(state_dict["mean"]), list(state_dict["std"]))
+
+    # --- loaders ------------------------------------------------------------------------
+
+    def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
+        split = _Split(self._loaded(), self._splits[stage], self.mean, self.std)
+        trainer = self.trainer
+        # A DistributedSampler that Lightning keeps under DDP and calls `set_epoch` on; with
+        # explicit replicas and rank it needs no process group.
+        sampler = DistributedSampler(
+            split,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            shuffle=shuffle,
+            seed=self.seed,
+        )
+        return DataLoader(
+            split,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    # --- augmentation -------------------------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: dict[str, Tensor], dataloader_idx: int) -> Any:
+        """Shift training batches (on the device, after the transfer) when `augment` is on."""
+        trainer = self.trainer
+        if self.augment and trainer is not None and trainer.training:
+            return self.shift(batch, trainer.current_epoch)
+        return batch
+
+    @property
+    def max_shift(self) -> int:
+        """Largest shift in pixels: 1 per 14 pixels of the smaller side, at least 1."""
+        return max(1, round(min(self.image_shape[1:]) / 14))
+
+    def shift(self, batch: dict[str, Tensor], epoch: int) -> dict[str, Tensor]:
+        """Move each image by up to `max_shift` pixels each way, filling with background. The
+        shifts are fixed by `seed`, `epoch` and the image's index, whatever the batching."""
+        images, k = batch["image"], self.max_shift
+        b, c, h, w = images.shape
+        if self._offsets is None or self._offsets[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            table = rng.integers(0, 2 * k + 1, size=(len(self._loaded().labels), 2))
+            self._offsets = (epoch, torch.from_numpy(table).to(images.device))
+        offsets = self._offsets[1].to(images.device)[batch["index"]]  # (B, 2)
+        # Background is pixel 0, normalized: pad with it by padding zeros around images - fill.
+        fill = self.normalize(torch.zeros(1, c, 1, 1, dtype=torch.uint8)).to(images.device)
+        padded = F.pad(images - fill, (k, k, k, k)) + fill  # (B, C, H+2k, W+2k)
+        rows = offsets[:, :1] + torch.arange(h, device=images.device)  # (B, H)
+        cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # (B, W)
+        batch_rows = torch.arange(b, device=images.device)[:, None, None]
+        moved = padded[batch_rows, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+        return {**batch, "image": moved.permute(0, 3, 1, 2).contiguous()}
+
+
+def _count(size: int | float, n: int) -> int:
+    return size if isinstance(size, int) else round(size * n)
