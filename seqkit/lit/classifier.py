@@ -22,7 +22,14 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from seqkit.data.images import load_images, normalize
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.lit.seq2seq import _as
-from seqkit.models import ImageModelConfig, ReaderConfig, ViTConfig, build_model, config_from_dict
+from seqkit.models import (
+    ImageModelConfig,
+    ReaderConfig,
+    ViTConfig,
+    build_model,
+    config_from_dict,
+    read_model_config,
+)
 
 STAGES = ("train", "val", "test")
 
@@ -264,14 +271,7 @@ class Classifier(L.LightningModule):
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> Classifier:
         """Load a directory written by `save_pretrained`; never unpickles."""
         directory = Path(directory)
-        path = directory / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
-        try:
-            meta = json.loads(path.read_text())
-            config = config_from_dict(meta["config"], str(path), ImageModelConfig)
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a seqkit image model config ({err})") from None
+        meta, config = read_model_config(directory, ImageModelConfig)
         model = cls(config=config)
         load_model(model.net, str(directory / "model.safetensors"), device=map_location)
         model.class_names = meta.get("class_names")

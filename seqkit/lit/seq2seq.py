@@ -22,7 +22,13 @@ from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import beam_search, default_max_len, greedy
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.metrics import translation_scores
-from seqkit.models import ModelConfig, TransformerConfig, build_model, config_from_dict
+from seqkit.models import (
+    ModelConfig,
+    TransformerConfig,
+    build_model,
+    config_from_dict,
+    read_model_config,
+)
 from seqkit.models import config_to_dict as model_config_to_dict
 from seqkit.tokens import PAD
 
@@ -372,14 +378,7 @@ class Seq2Seq(L.LightningModule):
     def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> Seq2Seq:
         """Load a directory written by `save_pretrained` or `seqkit export`; never unpickles."""
         directory = Path(directory)
-        path = directory / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
-        try:
-            meta = json.loads(path.read_text())
-            config = config_from_dict(meta["config"], str(path))
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a seqkit model config ({err})") from None
+        meta, config = read_model_config(directory)
         model = cls(config=config, decoding=DecodingConfig(**meta.get("decoding", {})))
         load_model(model.net, str(directory / "model.safetensors"), device=map_location)
         model.tokenizers = Tokenizers.load(directory)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import typing
 from dataclasses import asdict, fields
+from pathlib import Path
 
 from torch import nn
 
@@ -53,6 +55,19 @@ def config_from_dict(
         raise ValueError(f"{source}: {err}") from None
 
 
+def read_model_config(directory: str | Path, union=ModelConfig) -> tuple[dict, object]:
+    """The parsed `config.json` of a model directory and the config of `union` it holds."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
+    try:
+        meta = json.loads(path.read_text())
+        return meta, config_from_dict(meta["config"], str(path), union)
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a seqkit model config ({err})") from None
+
+
 __all__ = [
     "MODELS",
     "ImageModelConfig",
@@ -68,4 +83,5 @@ __all__ = [
     "build_model",
     "config_from_dict",
     "config_to_dict",
+    "read_model_config",
 ]
