@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from seqkit import NumberWordsData, OptimizerConfig, Seq2Seq, TransformerConfig
-from seqkit.lit.seq2seq import label_smoothed_nll, load_checkpoint
+from seqkit.lit.loss import label_smoothed_nll
+from seqkit.lit.seq2seq import load_checkpoint
 
 TINY = TransformerConfig(
     d_model=64,
