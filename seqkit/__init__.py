@@ -2,6 +2,7 @@
 
 from seqkit.data import NumberWordsData, TranslationData
 from seqkit.data.patches import ImageData
+from seqkit.data.strips import DigitStripData
 from seqkit.lit.classifier import Classifier
 from seqkit.lit.optim import OptimizerConfig
 from seqkit.lit.seq2seq import DecodingConfig, Seq2Seq
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Classifier",
     "DecodingConfig",
+    "DigitStripData",
     "ImageData",
     "NumberWordsData",
     "OptimizerConfig",

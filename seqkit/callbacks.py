@@ -24,7 +24,8 @@ from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 
 class TokensPerSecond(L.Callback):
-    """Logs training throughput in real (non-padding) source + target tokens per second.
+    """Logs training throughput in real (non-padding) source + target tokens (or image patches)
+    per second.
 
     `train/tokens_per_sec` covers the steps since the last log; at the end of fitting the
     run's totals are printed, so that benchmarks and users read one comparable figure.
@@ -32,6 +33,7 @@ class TokensPerSecond(L.Callback):
 
     def __init__(self) -> None:
         self.tokens = 0
+        self.sequences = 0
         self.seconds = 0.0
         self._window_tokens = 0
         self._window_start = 0.0
@@ -44,8 +46,11 @@ class TokensPerSecond(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        tokens = int((batch["src"] != PAD).sum() + (batch["tgt_out"] != PAD).sum())
+        src_mask = batch.get("src_mask")  # image patches come with theirs
+        src_tokens = (batch["src"] != PAD).sum() if src_mask is None else src_mask.sum()
+        tokens = int(src_tokens + (batch["tgt_out"] != PAD).sum())
         self.tokens += tokens
+        self.sequences += len(batch["tgt_out"])
         self.seconds += now - self._step_start
         self._window_tokens += tokens
         if trainer.global_step % trainer.log_every_n_steps == 0:
@@ -56,9 +61,10 @@ class TokensPerSecond(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and self.seconds:
             rate = self.tokens / self.seconds * trainer.world_size
+            pairs = self.sequences / self.seconds * trainer.world_size
             print(
                 f"trained on {self.tokens * trainer.world_size:,} tokens in "
-                f"{self.seconds:.0f} s of steps: {rate:,.0f} tokens/s"
+                f"{self.seconds:.0f} s of steps: {rate:,.0f} tokens/s, {pairs:,.1f} pairs/s"
             )
 
 
@@ -84,6 +90,8 @@ class _ValidationSamples(L.Callback):
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if not self._active(trainer) or dataloader_idx or batch.get("repeat"):
+            return
+        if "src_text" not in batch:  # an image source: no text to show beside the output
             return
         src = batch["src"]
         for i, index in enumerate(batch["index"].tolist()):

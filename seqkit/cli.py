@@ -20,9 +20,11 @@ Training (LightningCLI; `seqkit COMMAND --help` lists every option):
              (then tests the best checkpoint and exports it next to the logs)
   validate   score a checkpoint on the validation split
   test       score a checkpoint on the test split
-  predict    translate the test split (or a "predict" split) into LOG_DIR/predictions.txt
+  predict    the test split's (or a "predict" split's) translations or labels, in order,
+             into LOG_DIR/predictions.txt
 
 Using trained models:
+  predict    label or read image files: seqkit predict --model DIR a.png b.png
   export     write a checkpoint as a model directory: seqkit export CKPT DIR
   average    average checkpoints: seqkit average --last 5 RUN_DIR/checkpoints --out DIR
   translate  translate lines: seqkit translate --model DIR < src.txt > hyp.txt
@@ -102,9 +104,13 @@ class SeqkitCLI(LightningCLI):
             self.model.provenance["recipe"] = " ".join(str(path) for path in recipes)
         if trainer.is_global_zero:
             out = self.model.save_pretrained(run_dir / "model", metrics=metrics)
-            print(
-                f"\nmodel written to {out}\n  translate: seqkit translate --model {out} < src.txt"
+            text_source = not getattr(self.model.config, "src_patch_size", 1)
+            use = (
+                f"translate --model {out} < src.txt"
+                if text_source
+                else f"predict --model {out} IMAGE..."
             )
+            print(f"\nmodel written to {out}\n  use it: seqkit {use}")
 
     def after_predict(self) -> None:
         """Write the translations in the data's order, gathered from every rank once."""
@@ -232,6 +238,34 @@ def export_main(argv: list[str]) -> None:
     print(f"model written to {out}")
 
 
+def predict_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="seqkit predict",
+        description="Label image files with an image classifier, or read them with an "
+        "image-to-text seq2seq model; prints FILE<TAB>OUTPUT per image. (Without --model DIR, "
+        "`seqkit predict` is LightningCLI's: it predicts a recipe's test split.)",
+    )
+    parser.add_argument("--model", required=True, help="model directory (seqkit export)")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--beam", type=int, help="beam size of a seq2seq model")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    args = parser.parse_args(argv)
+    from seqkit.lit.classifier import Classifier
+    from seqkit.lit.seq2seq import Seq2Seq
+    from seqkit.models import ImageModelConfig, ModelConfig, read_model_config
+
+    _, config = read_model_config(args.model, ModelConfig | ImageModelConfig)
+    if isinstance(config, ImageModelConfig):
+        model = Classifier.from_pretrained(args.model).to(args.device)
+        outputs = model.predict(args.images, batch_size=args.batch_size)
+    else:
+        model = Seq2Seq.from_pretrained(args.model).to(args.device)
+        outputs = model.predict(args.images, beam_size=args.beam, batch_size=args.batch_size)
+    for path, output in zip(args.images, outputs, strict=True):
+        print(f"{path}\t{output}")
+
+
 def average_main(argv: list[str]) -> None:
     from seqkit import average
 
@@ -246,6 +280,17 @@ TOOLS = {
 }
 
 
+def _names_model_directory(args: list[str]) -> bool:
+    """Whether `--model` names an exported model (LightningCLI's takes a class or options)."""
+    for i, arg in enumerate(args):
+        value = arg.partition("=")[2] if arg.startswith("--model=") else None
+        if arg == "--model" and i + 1 < len(args):
+            value = args[i + 1]
+        if value is not None:
+            return (Path(value) / "config.json").is_file()
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
@@ -256,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args[0] in TOOLS:
             TOOLS[args[0]](args[1:])
+        elif args[0] == "predict" and _names_model_directory(args[1:]):
+            predict_main(args[1:])
         else:
             cli_main(argv)  # None: LightningCLI reads sys.argv itself
     except (DataError, FileNotFoundError) as err:  # bad input: its message says what to fix

@@ -62,14 +62,15 @@ def greedy(
     bos: int = BOS,
     eos: int = EOS,
 ) -> list[list[int]]:
-    """Most likely next token at every step, for a batch of sources (B, S)."""
+    """Most likely next token at every step, for a batch of sources (B, S) or (B, S, P)."""
     max_len = max_len or default_max_len(src_mask)
     memory = net.encode(src, src_mask)
     state = net.init_state(memory, src_mask)
     b = src.shape[0]
-    out = src.new_full((b, max_len), eos)
+    ids = {"dtype": torch.long, "device": src.device}  # src may be float image patches
+    out = torch.full((b, max_len), eos, **ids)
     active = torch.arange(b, device=src.device)  # sentences still being decoded
-    step = src.new_full((b, 1), bos)
+    step = torch.full((b, 1), bos, **ids)
     for t in range(max_len):
         logits, state = net.decode(step, memory, src_mask, state)
         token = next_token_logprobs(logits, (PAD, bos)).argmax(-1)
@@ -114,7 +115,7 @@ def beam_search(
 
     scores = torch.full((b, k), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start from the same BOS: keep one until they diverge
-    history = src.new_full((b * k, 1), bos)
+    history = torch.full((b * k, 1), bos, dtype=torch.long, device=src.device)
     ended: list[list[Hypothesis]] = [[] for _ in range(b)]
     active = torch.arange(b, device=src.device)  # sentences still being searched
     for t in range(max_len):

@@ -142,6 +142,21 @@ def test_ranks_share_out_the_train_split(digits):
     assert set(torch.cat(seen).tolist()) == set(digits.split_indices("train").tolist())
 
 
+def test_evaluation_batches_flag_the_rows_repeated_to_even_out_ranks(digits):
+    kept, flagged = [], 0
+    for rank in range(7):
+        digits.trainer = SimpleNamespace(world_size=7, global_rank=rank)
+        try:
+            for batch in digits.val_dataloader():
+                kept += batch["index"][batch["keep"]].tolist()
+                flagged += int((~batch["keep"]).sum())
+        finally:
+            digits.trainer = None
+    val = digits.split_indices("val").tolist()
+    assert sorted(kept) == sorted(val)  # every image exactly once
+    assert flagged == -len(val) % 7 == 2  # 180 rows over 7 ranks: 2 repeated
+
+
 # --- IDX files --------------------------------------------------------------------------------
 
 

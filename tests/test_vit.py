@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from seqkit.cli import main
 from seqkit.lit.classifier import Classifier, format_confusion, wandb_confusion
 from seqkit.lit.optim import OptimizerConfig
 from seqkit.models.patches import patchify
@@ -152,7 +153,7 @@ def test_save_pretrained_then_from_pretrained_gives_identical_logits(tmp_path, c
     assert set(loaded.predict(x.clamp(0, 1))) <= {"a", "b", "c"}
 
 
-def test_predict_normalizes_arrays_and_files_with_the_stored_statistics(tmp_path):
+def test_predict_normalizes_arrays_and_files_with_the_stored_statistics(tmp_path, capsys):
     from PIL import Image
 
     model = classifier()
@@ -167,6 +168,11 @@ def test_predict_normalizes_arrays_and_files_with_the_stored_statistics(tmp_path
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
     assert model.predict(paths) == labels
+    directory = model.save_pretrained(tmp_path / "model")
+    assert "pipeline_tag: image-classification" in (directory / "README.md").read_text()
+    main(["predict", "--model", str(directory), *map(str, paths)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"{path}\t{label}" for path, label in zip(paths, labels, strict=True)]
     with pytest.raises(ValueError, match="no network yet"):
         Classifier().predict(pixels)
 

@@ -149,6 +149,14 @@ def collate(rows: Mapping[str, Sequence[Any]]) -> Batch:
     }
 
 
+def trainer_position(trainer: Any) -> tuple[int, int] | None:
+    """The epoch and how many of its batches `trainer` has had, restored from the checkpoint
+    when resuming; None when not training (what `ResumableLoader` needs as `position`)."""
+    if trainer is None or not trainer.training:
+        return None
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
+
 class ResumableLoader(DataLoader):
     """A training DataLoader of token batches that begins each epoch where the trainer stands:
     `position()` gives the trainer's epoch and how many of its batches it has had, or None when
@@ -165,16 +173,18 @@ class ResumableLoader(DataLoader):
 
     def __init__(
         self,
-        dataset: TokenBatchDataset,
+        dataset: Dataset,
         sampler: TokenBatchSampler,
         position: Callable[[], tuple[int, int] | None],
         num_workers: int = 0,
+        collate_fn: Callable[[Any], Batch] = collate,
     ) -> None:
+        """`dataset[indices]` returns what `collate_fn` turns into a batch."""
         super().__init__(
             dataset,
             batch_size=None,
             sampler=sampler,
-            collate_fn=collate,
+            collate_fn=collate_fn,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
         )

@@ -232,6 +232,37 @@ def stratified_split(
     return {name: np.sort(np.concatenate(rows)) for name, rows in parts.items()}
 
 
+def check_split_sizes(**sizes: int | float) -> None:
+    """Raise ValueError unless each size is a count >= 1 or a fraction in (0, 1)."""
+    for name, size in sizes.items():
+        count = isinstance(size, int) and size >= 1
+        if not (count or (isinstance(size, float) and 0 < size < 1)):
+            raise ValueError(f"{name}={size!r}: give a count >= 1 or a fraction in (0, 1)")
+
+
+def split_pool(
+    pool: ImagePool, val_size: int | float, test_size: int | float, seed: int, where: str
+) -> dict[str, np.ndarray]:
+    """Rows of "train", "val" and "test": the source's own test split when it has one, else
+    `test_size` pooled images; `val_size` pooled images; stratified by label, fixed by
+    `seed`. Sizes are counts or fractions of the pooled images; `where` names the source."""
+    n_pool = len(pool.labels) - pool.n_test
+    n_val = _count(val_size, n_pool)
+    n_test = 0 if pool.n_test else _count(test_size, n_pool)
+    splits = stratified_split(pool.labels[:n_pool].numpy(), n_val, n_test, seed)
+    if pool.n_test:
+        splits["test"] = np.arange(n_pool, len(pool.labels))
+    for name, rows in splits.items():
+        if len(rows) == 0:
+            raise DataError(f"{where}: the {name} split is empty ({n_pool} images pooled, "
+                            f"val_size={val_size}, test_size={test_size})")  # fmt: skip
+    return splits
+
+
+def _count(size: int | float, n: int) -> int:
+    return size if isinstance(size, int) else round(size * n)
+
+
 def _round_table(numerators: np.ndarray, denominator: int) -> np.ndarray:
     """Round each cell of `numerators / denominator`, a table whose row and column sums are
     whole, down or up so that those sums stay. Which cells go up is a bipartite matching of
@@ -295,13 +326,7 @@ def load_images(
     is a batch. Integer pixels are 0..255, float pixels 0..1. `size` (H, W) resizes and
     `channels` (1 or 3) converts (gray <-> RGB); without them all images must agree.
     """
-    if isinstance(images, np.ndarray | Tensor) and images.ndim == 4:
-        items = list(images)
-    elif isinstance(images, str | Path | np.ndarray | Tensor):
-        items = [images]
-    else:
-        items = list(images)
-    tensors = [_image_tensor(item, channels) for item in items]
+    tensors = [_image_tensor(item, channels) for item in image_items(images)]
     if not tensors:
         raise DataError("load_images: no images given")
     as_float = any(t.is_floating_point() for t in tensors)
@@ -316,6 +341,16 @@ def load_images(
                 f"{tuple(tensors[0].shape)}; give size= or channels="
             )
     return torch.stack(tensors)
+
+
+def image_items(images: Any) -> list[Any]:
+    """The images `load_images` takes as a list: one (B, C, H, W) array is B images, one path,
+    array or tensor is one image, anything else is a sequence of them."""
+    if isinstance(images, np.ndarray | Tensor) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, str | Path | np.ndarray | Tensor):
+        return [images]
+    return list(images)
 
 
 def _image_tensor(item: Any, channels: int | None) -> Tensor:
@@ -363,6 +398,19 @@ def _read_image(path: Path, channels: int | None) -> Tensor:
         raise DataError(f"{path}: cannot read the image: {err}") from err
     x = torch.from_numpy(pixels.copy())
     return x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+
+
+def shift_images(images: Tensor, offsets: Tensor, k: int, fill: Tensor) -> Tensor:
+    """Move each image (B, C, H, W) by `offsets` (B, 2) minus `k` pixels down and right
+    (offsets in [0, 2k]), filling the uncovered border with `fill` (1, C, 1, 1)."""
+    b, _, h, w = images.shape
+    # Background is `fill`: pad with it by padding zeros around images - fill.
+    padded = F.pad(images - fill, (k, k, k, k)) + fill  # (B, C, H+2k, W+2k)
+    rows = offsets[:, :1] + torch.arange(h, device=images.device)  # (B, H)
+    cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # (B, W)
+    batch_rows = torch.arange(b, device=images.device)[:, None, None]
+    moved = padded[batch_rows, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return moved.permute(0, 3, 1, 2).contiguous()
 
 
 def resize(images: Tensor, size: tuple[int, int]) -> Tensor:

@@ -9,18 +9,19 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from seqkit.data.images import (
     ImagePool,
+    check_split_sizes,
     load_source,
     normalize,
     pixel_stats,
     resize,
-    stratified_split,
+    shift_images,
+    split_pool,
 )
 from seqkit.data.sources import DataError
 from seqkit.models.patches import check_divisible, patchify, unpatchify
@@ -28,6 +29,21 @@ from seqkit.models.patches import check_divisible, patchify, unpatchify
 __all__ = ["ImageData", "patchify", "unpatchify"]
 
 # --- the data module ----------------------------------------------------------------------
+
+
+class Repeated(int):
+    """A row that `EvenShards` repeats only so that every rank gets as many rows."""
+
+
+class EvenShards(DistributedSampler):
+    """DistributedSampler whose rows repeated to even out ranks come as `Repeated`, so that
+    batches can flag them ("keep" is False) and evaluation counts every image once."""
+
+    def __iter__(self):
+        n = len(self.dataset)  # type: ignore[arg-type]
+        for i, row in enumerate(super().__iter__()):
+            # The parent pads the row list to total_size, then deals it out by rank.
+            yield Repeated(row) if self.rank + i * self.num_replicas >= n else row
 
 
 class _Split(Dataset):
@@ -44,7 +60,8 @@ class _Split(Dataset):
     def __getitems__(self, rows: list[int]) -> dict[str, Tensor]:
         index = self.index[torch.as_tensor(rows, dtype=torch.long)]
         image = normalize(self.images[index], self.mean, self.std)
-        return {"image": image, "label": self.labels[index], "index": index}
+        keep = torch.tensor([not isinstance(row, Repeated) for row in rows])
+        return {"image": image, "label": self.labels[index], "index": index, "keep": keep}
 
     def __getitem__(self, row: int) -> dict[str, Tensor]:
         return {key: value[0] for key, value in self.__getitems__([row]).items()}
@@ -100,10 +117,7 @@ class ImageData(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        for name, size in (("val_size", val_size), ("test_size", test_size)):
-            count = isinstance(size, int) and size >= 1
-            if not (count or (isinstance(size, float) and 0 < size < 1)):
-                raise ValueError(f"{name}={size!r}: give a count >= 1 or a fraction in (0, 1)")
+        check_split_sizes(val_size=val_size, test_size=test_size)
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value}: must be >= 1")
@@ -140,18 +154,7 @@ class ImageData(L.LightningDataModule):
         if self.image_size is not None:
             pool.images = resize(pool.images, (self.image_size, self.image_size))
         self._check_labels(pool)
-        n_pool = len(pool.labels) - pool.n_test
-        n_val = _count(self.val_size, n_pool)
-        n_test = 0 if pool.n_test else _count(self.test_size, n_pool)
-        splits = stratified_split(pool.labels[:n_pool].numpy(), n_val, n_test, self.seed)
-        if pool.n_test:
-            splits["test"] = np.arange(n_pool, len(pool.labels))
-        for name, rows in splits.items():
-            if len(rows) == 0:
-                raise DataError(
-                    f"{self.path}: the {name} split is empty ({n_pool} images pooled, "
-                    f"val_size={self.val_size}, test_size={self.test_size})"
-                )
+        splits = split_pool(pool, self.val_size, self.test_size, self.seed, self.path)
         self._pool, self._splits = pool, splits
         if self._stats is None:  # else restored from a checkpoint
             self._stats = pixel_stats(pool.images[torch.from_numpy(splits["train"])])
@@ -229,7 +232,7 @@ class ImageData(L.LightningDataModule):
         trainer = self.trainer
         # A DistributedSampler that Lightning keeps under DDP and calls `set_epoch` on; with
         # explicit replicas and rank it needs no process group.
-        sampler = DistributedSampler(
+        sampler = EvenShards(
             split,
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
@@ -275,21 +278,11 @@ class ImageData(L.LightningDataModule):
         """Move each image by up to `max_shift` pixels each way, filling with background. The
         shifts are fixed by `seed`, `epoch` and the image's index, whatever the batching."""
         images, k = batch["image"], self.max_shift
-        b, c, h, w = images.shape
+        c = images.shape[1]
         if self._offsets is None or self._offsets[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
             table = rng.integers(0, 2 * k + 1, size=(len(self._loaded().labels), 2))
             self._offsets = (epoch, torch.from_numpy(table).to(images.device))
         offsets = self._offsets[1].to(images.device)[batch["index"]]  # (B, 2)
-        # Background is pixel 0, normalized: pad with it by padding zeros around images - fill.
         fill = self.normalize(torch.zeros(1, c, 1, 1, dtype=torch.uint8)).to(images.device)
-        padded = F.pad(images - fill, (k, k, k, k)) + fill  # (B, C, H+2k, W+2k)
-        rows = offsets[:, :1] + torch.arange(h, device=images.device)  # (B, H)
-        cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # (B, W)
-        batch_rows = torch.arange(b, device=images.device)[:, None, None]
-        moved = padded[batch_rows, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-        return {**batch, "image": moved.permute(0, 3, 1, 2).contiguous()}
-
-
-def _count(size: int | float, n: int) -> int:
-    return size if isinstance(size, int) else round(size * n)
+        return {**batch, "image": shift_images(images, offsets, k, fill)}

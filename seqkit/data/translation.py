@@ -19,7 +19,13 @@ import pyarrow.compute as pc
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from seqkit.data.batching import ResumableLoader, TokenBatchDataset, TokenBatchSampler, collate
+from seqkit.data.batching import (
+    ResumableLoader,
+    TokenBatchDataset,
+    TokenBatchSampler,
+    collate,
+    trainer_position,
+)
 from seqkit.data.sources import DataError, load_pairs, read_columns
 from seqkit.data.tokenizer import EOS, Tokenizers
 
@@ -301,7 +307,9 @@ class TranslationData(L.LightningDataModule):
         )
         dataset = TokenBatchDataset(data)
         if stage == "train":
-            return ResumableLoader(dataset, sampler, self._position, self.num_workers)
+            return ResumableLoader(
+                dataset, sampler, lambda: trainer_position(self.trainer), self.num_workers
+            )
         return DataLoader(
             dataset,
             batch_size=None,
@@ -310,14 +318,6 @@ class TranslationData(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def _position(self) -> tuple[int, int] | None:
-        """The epoch and how many of its batches the trainer has had, restored from the
-        checkpoint when resuming; None when not training."""
-        trainer = self.trainer
-        if trainer is None or not trainer.training:
-            return None
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.max_tokens, shuffle=True)

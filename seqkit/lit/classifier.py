@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from seqkit.card import model_card
 from seqkit.data.images import load_images, normalize
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.lit.seq2seq import _as
@@ -173,10 +174,14 @@ class Classifier(L.LightningModule):
         return self._step(batch, "test")
 
     def _step(self, batch: dict, stage: str) -> Tensor | None:
-        if stage != "train" and batch.get("repeat"):
-            return None  # a copy that only evens out ranks: count every image once
-        logits = self.net(batch["image"])  # (B, K)
-        labels = batch["label"]
+        images, labels = batch["image"], batch["label"]
+        keep = batch.get("keep")
+        if stage != "train" and keep is not None and not keep.all():
+            # Rows repeated only to even out ranks: count every image once.
+            images, labels = images[keep], labels[keep]
+            if not len(labels):
+                return None
+        logits = self.net(images)  # (B, K)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         mean_loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_accuracy"]
         mean_loss(loss.detach(), labels.numel())
@@ -252,8 +257,8 @@ class Classifier(L.LightningModule):
 
     # -- Hugging Face-style directories -------------------------------------------------
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """Write config.json (config, class names, normalization, provenance and `metrics`)
-        and model.safetensors into `directory`."""
+        """Write config.json (config, class names, normalization, provenance and `metrics`),
+        model.safetensors and a README.md model card into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         provenance = {**self.provenance, **({"metrics": metrics} if metrics else {})}
@@ -265,6 +270,7 @@ class Classifier(L.LightningModule):
         }
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_model(self.net, str(directory / "model.safetensors"))
+        (directory / "README.md").write_text(model_card(meta["config"], self.net, provenance))
         return directory
 
     @classmethod

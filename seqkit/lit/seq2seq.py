@@ -10,7 +10,6 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import load_model, save_model
 from torch import Tensor
@@ -20,6 +19,7 @@ from seqkit.card import model_card
 from seqkit.data.batching import TokenBatchSampler, pad
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import beam_search, default_max_len, greedy
+from seqkit.lit.loss import label_smoothed_nll
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.metrics import translation_scores
 from seqkit.models import (
@@ -30,7 +30,7 @@ from seqkit.models import (
     read_model_config,
 )
 from seqkit.models import config_to_dict as model_config_to_dict
-from seqkit.tokens import PAD
+from seqkit.models.patches import check_source_sizes, source_mask, source_sizes_known
 
 
 @dataclass(frozen=True)
@@ -82,25 +82,6 @@ def _as(cls: type, value):
     return cls(**value) if isinstance(value, dict) else value
 
 
-def label_smoothed_nll(
-    logits: Tensor, target: Tensor, smoothing: float, ignore_index: int = PAD
-) -> tuple[Tensor, Tensor, int]:
-    """Mean label-smoothed loss and mean NLL over non-padding tokens, and their count.
-
-    Works on the whole (B*T, V) matrix with a mask on the (B*T,) rows: selecting the
-    non-padding rows first would copy the largest tensor of the step and scatter it back.
-    """
-    logp = logits.float().log_softmax(-1).flatten(0, 1)  # (B*T, V)
-    target = target.flatten()
-    keep = target != ignore_index
-    n_tokens = int(keep.sum())
-    nll = F.nll_loss(logp, target, ignore_index=ignore_index, reduction="sum") / n_tokens
-    if not smoothing:
-        return nll, nll.detach(), n_tokens
-    uniform = -(logp.sum(-1) * keep).sum() / (n_tokens * logp.shape[-1])
-    return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach(), n_tokens
-
-
 class Seq2Seq(L.LightningModule):
     """Sequence-to-sequence training with label-smoothed cross-entropy, AdamW and warm-up,
     validation sacreBLEU/chrF from greedy decoding and beam search at test time.
@@ -143,13 +124,16 @@ class Seq2Seq(L.LightningModule):
         self.init_from, self.freeze = init_from, list(freeze or ())
         self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`
         self._update_hparams()
-        self.net = build_model(config) if config.src_vocab_size and config.tgt_vocab_size else None
+        self.net = build_model(config) if source_sizes_known(config) else None
         self.tokenizers: Tokenizers | None = None
+        # An image source's height and normalization, for `predict` (see DigitStripData).
+        self.image_source: dict | None = None
         # Where the weights come from, for the model card: data, recipe, steps, metrics.
         self.provenance: dict = {"init_from": init_from} if init_from else {}
         if pretrained is not None:
             self.net.load_state_dict(pretrained.net.state_dict())
             self.tokenizers = pretrained.tokenizers
+            self.image_source = pretrained.image_source
         self._freeze()
         self.eval_loss, self.eval_nll = MeanMetric(), MeanMetric()
         self._outputs: list[tuple[int, str, str]] = []
@@ -185,6 +169,8 @@ class Seq2Seq(L.LightningModule):
         data = getattr(self.trainer, "datamodule", None)
         if getattr(data, "tokenizers", None) is not None:
             self._use_tokenizers(data.tokenizers, "the data module")
+        if getattr(data, "image_source", None) is not None:
+            self._use_image_source(data.image_source)
         limit, longest = getattr(self.config, "max_positions", 0), getattr(data, "max_length", 0)
         if limit and longest and longest > limit:
             raise ValueError(
@@ -203,26 +189,30 @@ class Seq2Seq(L.LightningModule):
             )
         self.tokenizers = tokenizers
 
+    def _use_image_source(self, source: dict) -> None:
+        """Read images as the data module cuts them; keep what `predict` needs."""
+        sizes = {"src_patch_size": source["patch_size"], "src_channels": source["channels"]}
+        self._follow(sizes, "the data has")
+        self.image_source = {key: source[key] for key in ("height", "mean", "std")}
+
+    def _follow(self, sizes: dict[str, int], origin: str) -> None:
+        """Fill config sizes left at 0 from the data; any other difference is an error."""
+        for key, size in sizes.items():
+            if getattr(self.config, key) not in (0, size):
+                raise ValueError(f"model.config.{key}={getattr(self.config, key)} but {origin} "
+                                 f"{size}; set it to 0 to follow the data")  # fmt: skip
+        self.config = replace(self.config, **sizes)
+        self._update_hparams()
+
     def configure_model(self) -> None:
         """Build the network once the data says how large the vocabularies are."""
         if self.tokenizers is not None:
-            sizes = {
-                "src_vocab_size": self.tokenizers.src_vocab_size,
-                "tgt_vocab_size": self.tokenizers.tgt_vocab_size,
-            }
-            for key, size in sizes.items():
-                if getattr(self.config, key) not in (0, size):
-                    raise ValueError(
-                        f"model.config.{key}={getattr(self.config, key)} but the "
-                        f"tokenizer has {size} tokens; set it to 0 to follow the data"
-                    )
-            self.config = replace(self.config, **sizes)
-            self._update_hparams()
+            sizes = {"tgt_vocab_size": self.tokenizers.tgt_vocab_size}
+            if not self.config.src_patch_size:  # an image source has no vocabulary
+                sizes["src_vocab_size"] = self.tokenizers.src_vocab_size
+            self._follow(sizes, "the tokenizer's vocabulary size is")
         if self.net is None:
-            if not self.config.src_vocab_size:
-                raise ValueError(
-                    "vocabulary sizes unknown: give them in the config or fit with data"
-                )
+            check_source_sizes(self.config)
             self.net = build_model(self.config)
             self._freeze()
 
@@ -234,12 +224,14 @@ class Seq2Seq(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizers is not None:
             checkpoint["tokenizers"] = self.tokenizers.to_dict()
+        checkpoint["image_source"] = self.image_source
         checkpoint["provenance"] = {**self.provenance, "steps": self.trainer.global_step}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizers" in checkpoint:
             self._use_tokenizers(Tokenizers.from_dict(checkpoint["tokenizers"]), "the checkpoint")
         self.provenance = dict(checkpoint.get("provenance", {}))
+        self.image_source = checkpoint.get("image_source") or self.image_source
         data = checkpoint.get("datamodule_hyper_parameters")
         if "data" not in self.provenance and data:  # written before provenance was kept
             name = str(data.get("_class_path", "")).rsplit(".", 1)[-1]
@@ -262,7 +254,8 @@ class Seq2Seq(L.LightningModule):
     def _step(self, batch: dict, stage: str) -> Tensor | None:
         if stage != "train" and batch.get("repeat"):
             return None  # a copy that only evens out ranks: count every sentence once
-        logits = self.net(batch["src"], batch["tgt_in"])
+        src, src_mask = batch["src"], batch.get("src_mask")  # a mask comes with image patches
+        logits = self.net(src, batch["tgt_in"], src_mask)
         loss, nll, n_tokens = label_smoothed_nll(logits, batch["tgt_out"], self.label_smoothing)
         if stage == "train":
             self.log("train/loss", loss, batch_size=n_tokens, prog_bar=True)
@@ -272,7 +265,7 @@ class Seq2Seq(L.LightningModule):
         # Token-weighted means, summed over ranks by torchmetrics at the end of the epoch.
         self.eval_loss.update(loss.detach(), n_tokens)
         self.eval_nll.update(nll, n_tokens)
-        hyps = self.generate(batch["src"], beam_size=1 if stage == "val" else None)
+        hyps = self.generate(src, beam_size=1 if stage == "val" else None, src_mask=src_mask)
         self._outputs += zip(batch["index"].tolist(), hyps, batch["tgt_text"], strict=True)
         return loss
 
@@ -304,10 +297,13 @@ class Seq2Seq(L.LightningModule):
         return scores
 
     # -- decoding -----------------------------------------------------------------------
-    def generate(self, src: Tensor, beam_size: int | None = None) -> list[str]:
-        """Detokenized translations of a padded batch of source ids (B, S)."""
+    def generate(
+        self, src: Tensor, beam_size: int | None = None, src_mask: Tensor | None = None
+    ) -> list[str]:
+        """Detokenized translations of a padded batch of source ids (B, S), or of image
+        patches (B, S, P) with their `src_mask` (B, S)."""
         beam_size = beam_size or self.decoding.beam_size
-        src_mask = src != PAD
+        src_mask = source_mask(src) if src_mask is None else src_mask
         max_len = self.decoding.max_len or default_max_len(src_mask)
         max_len = min(max_len, getattr(self.config, "max_positions", max_len))
         if beam_size == 1:
@@ -326,7 +322,8 @@ class Seq2Seq(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[int, str]]:
         """(row index, translation) pairs: batches come sorted by length, not in file order."""
-        return list(zip(batch["index"].tolist(), self.generate(batch["src"]), strict=True))
+        hyps = self.generate(batch["src"], src_mask=batch.get("src_mask"))
+        return list(zip(batch["index"].tolist(), hyps, strict=True))
 
     @torch.inference_mode()
     def translate(
@@ -341,6 +338,8 @@ class Seq2Seq(L.LightningModule):
 
         if self.tokenizers is None:
             raise ValueError("this model has no tokenizer: load it with Seq2Seq.from_pretrained")
+        if self.config.src_patch_size:
+            raise ValueError("this model reads images, not text: use model.predict(images)")
         was_training = self.training
         self.eval()
         limit = getattr(self.config, "max_positions", None)
@@ -359,6 +358,23 @@ class Seq2Seq(L.LightningModule):
         self.train(was_training)
         return out
 
+    @torch.inference_mode()
+    def predict(self, images, beam_size: int | None = None, batch_size: int = 64) -> list[str]:
+        """The text of each image, for a model whose source is images (trained on
+        `DigitStripData`): file paths, arrays or tensors as `load_images` reads them, of any
+        width; each is scaled to the training height and normalized as in training."""
+        from seqkit.data.strips import source_batches
+
+        if not self.config.src_patch_size or self.image_source is None:
+            raise ValueError("this model reads text: use model.translate(texts)")
+        was_training = self.training
+        self.eval()
+        out: list[str] = []
+        for src, src_mask in source_batches(images, self.config, self.image_source, batch_size):
+            out += self.generate(src.to(self.device), beam_size, src_mask.to(self.device))
+        self.train(was_training)
+        return out
+
     # -- Hugging Face-style directories -------------------------------------------------
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
         """Write config.json, model.safetensors, the tokenizer file(s) and a README.md model
@@ -368,6 +384,8 @@ class Seq2Seq(L.LightningModule):
         config = model_config_to_dict(self.config)
         provenance = {**self.provenance, **({"metrics": metrics} if metrics else {})}
         meta = {"config": config, "decoding": asdict(self.decoding), "provenance": provenance}
+        if self.image_source is not None:
+            meta["image_source"] = self.image_source
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_model(self.net, str(directory / "model.safetensors"))
         self.tokenizers.save(directory)
@@ -383,6 +401,7 @@ class Seq2Seq(L.LightningModule):
         load_model(model.net, str(directory / "model.safetensors"), device=map_location)
         model.tokenizers = Tokenizers.load(directory)
         model.provenance = meta.get("provenance", {})
+        model.image_source = meta.get("image_source")
         return model.eval()
 
 

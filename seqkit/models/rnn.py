@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seqkit.models.patches import check_source_sizes, source_embedding, source_mask
 from seqkit.tokens import PAD
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -39,6 +40,12 @@ class RNNConfig:
     """Luong's score: q·k (needs M == H, so a unidirectional encoder) or q·W·k."""
     input_feeding: bool = False
     """Feed the previous attentional state back as decoder input (Luong et al., 2015)."""
+    src_patch_size: int = 0
+    """0: the source is token ids. p > 0: the source is images read as p×p patches
+    (`image_sequence`), embedded by a linear layer instead of the token embedding, and
+    src_vocab_size is unused. An image data module sets it when fitting starts."""
+    src_channels: int = 0
+    """Channels of source images; 0 takes them from an image data module."""
     embed_dim: int = 256
     """Width of token embeddings."""
     hidden_size: int = 512
@@ -103,12 +110,13 @@ class RNNSeq2Seq(nn.Module):
     def __init__(self, config: RNNConfig) -> None:
         super().__init__()
         c = self.config = config
-        if c.src_vocab_size <= 0 or c.tgt_vocab_size <= 0:
-            raise ValueError("RNNConfig needs src_vocab_size and tgt_vocab_size > 0")
+        check_source_sizes(c)
         h, m = c.hidden_size, c.hidden_size * (2 if c.bidirectional else 1)
         cell = CELLS[c.cell]
         between = c.dropout if c.n_layers > 1 else 0.0
-        self.src_embed = nn.Embedding(c.src_vocab_size, c.embed_dim, padding_idx=PAD)
+        self.src_embed = source_embedding(
+            c.src_vocab_size, c.src_patch_size, c.src_channels, c.embed_dim
+        )
         self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.embed_dim, padding_idx=PAD)
         self.dropout = nn.Dropout(c.dropout)
         self.encoder = cell(c.embed_dim, h, c.n_layers, batch_first=True, dropout=between,
@@ -128,7 +136,7 @@ class RNNSeq2Seq(nn.Module):
             self.output.weight = self.tgt_embed.weight
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:
-        """(B, S) tokens → (B, S, M) encoder outputs, zero on padding."""
+        """(B, S) tokens or (B, S, P) patches → (B, S, M) encoder outputs, zero on padding."""
         x = self.dropout(self.src_embed(src))
         lengths = src_mask.sum(1).cpu()
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -215,9 +223,10 @@ class RNNSeq2Seq(nn.Module):
         return {k: v.index_select(0, index) if k in ("h", "c", "feed") else v
                 for k, v in state.items()}  # fmt: skip
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target (B, T)."""
-        src_mask = src != PAD
+    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V) for source (B, S) or (B, S, P) and shifted target
+        (B, T); `src_mask` is needed for padded patches only."""
+        src_mask = source_mask(src) if src_mask is None else src_mask
         logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask)
         return logits
 

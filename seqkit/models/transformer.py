@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqkit.models.patches import check_source_sizes, source_embedding, source_mask
 from seqkit.tokens import PAD
 
 KVCache = tuple[Tensor, Tensor]  # (B, H, T, Dh) keys and values
@@ -27,6 +28,12 @@ class TransformerConfig:
     """Source vocabulary size; 0 takes it from the data module when fitting starts."""
     tgt_vocab_size: int = 0
     """Target vocabulary size; 0 takes it from the data module when fitting starts."""
+    src_patch_size: int = 0
+    """0: the source is token ids. p > 0: the source is images read as p×p patches
+    (`image_sequence`), embedded by a linear layer instead of the token embedding, and
+    src_vocab_size is unused. An image data module sets it when fitting starts."""
+    src_channels: int = 0
+    """Channels of source images; 0 takes them from an image data module."""
     d_model: int = 512
     """Width of every token representation."""
     n_heads: int = 8
@@ -60,6 +67,8 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.share_embeddings and self.src_patch_size:
+            raise ValueError("share_embeddings needs a token source, not src_patch_size > 0")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 "share_embeddings needs one joint vocabulary, got "
@@ -210,9 +219,10 @@ class Transformer(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         c = self.config = config
-        if c.src_vocab_size <= 0 or c.tgt_vocab_size <= 0:
-            raise ValueError("TransformerConfig needs src_vocab_size and tgt_vocab_size > 0")
-        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=PAD)
+        check_source_sizes(c)
+        self.src_embed = source_embedding(
+            c.src_vocab_size, c.src_patch_size, c.src_channels, c.d_model
+        )
         share = c.share_embeddings
         self.tgt_embed = (
             self.src_embed if share else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=PAD)
@@ -252,10 +262,13 @@ class Transformer(nn.Module):
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
         for emb in {self.src_embed, self.tgt_embed}:
-            nn.init.normal_(emb.weight, std=self.config.d_model**-0.5)
-            nn.init.zeros_(emb.weight[PAD])
+            if isinstance(emb, nn.Embedding):  # a patch source's Linear keeps its own init
+                nn.init.normal_(emb.weight, std=self.config.d_model**-0.5)
+                nn.init.zeros_(emb.weight[PAD])
 
-    def embed(self, tokens: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
+    def embed(self, tokens: Tensor, table: nn.Module, offset: int = 0) -> Tensor:
+        """Token ids (B, T), or patches (B, T, P) for a `table` that is a Linear, plus
+        positions from `offset` on."""
         t = tokens.shape[1]
         if offset + t > self.config.max_positions:
             raise ValueError(
@@ -265,11 +278,12 @@ class Transformer(nn.Module):
             pos = self.pos_embed.weight[offset : offset + t]
         else:
             pos = self.pos_table[offset : offset + t]
-        x = table(tokens) * math.sqrt(self.config.d_model) + pos
+        scale = math.sqrt(self.config.d_model) if isinstance(table, nn.Embedding) else 1.0
+        x = table(tokens) * scale + pos
         return self.embed_dropout(x)  # (B, T, D)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Tensor:
-        """(B, S) tokens and (B, S) mask → (B, S, D) memory."""
+        """(B, S) tokens or (B, S, P) patches and (B, S) mask → (B, S, D) memory."""
         mask = src_mask[:, None, None, :]  # (B, 1, 1, S): every query sees the real tokens
         x = self.embed(src, self.src_embed)
         for layer in self.encoder:
@@ -324,9 +338,10 @@ class Transformer(nn.Module):
         caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in state["self"]]
         return {"self": caches, "cross": state["cross"]}
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target (B, T)."""
-        src_mask = src != PAD
+    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V) for source (B, S) or (B, S, P) and shifted target
+        (B, T); `src_mask` is needed for padded patches only."""
+        src_mask = source_mask(src) if src_mask is None else src_mask
         logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask)
         return logits
 
