@@ -12,7 +12,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIAL_TOKENS", "UNK", "Tokenizers", "train_bpe"]
+__all__ = [
+    "BOS",
+    "EOS",
+    "PAD",
+    "SPECIAL_TOKENS",
+    "UNK",
+    "Tokenizers",
+    "reused_tokenizers",
+    "train_bpe",
+]
 
 JOINT_FILE = "tokenizer.json"
 SOURCE_FILE = "source_tokenizer.json"
@@ -163,6 +172,14 @@ class Tokenizers:
         if not self.joint:
             sizes = f"src_vocab={self.src_vocab_size}, tgt_vocab={self.tgt_vocab_size}"
         return f"Tokenizers(joint={self.joint}, {sizes}, fingerprint={self.fingerprint()})"
+
+
+def reused_tokenizers(directory: str | None, trainer) -> Tokenizers | None:
+    """The tokenizer a data module must reuse rather than train: the one in `directory`, else
+    that of the model `trainer` fits (fine-tuning from `init_from`); None if neither."""
+    if directory is not None:
+        return Tokenizers.load(directory)
+    return getattr(getattr(trainer, "lightning_module", None), "tokenizers", None)
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:

@@ -27,7 +27,7 @@ from seqkit.data.batching import (
     trainer_position,
 )
 from seqkit.data.sources import DataError, load_pairs, read_columns
-from seqkit.data.tokenizer import EOS, Tokenizers
+from seqkit.data.tokenizer import EOS, Tokenizers, reused_tokenizers
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +189,8 @@ class TranslationData(L.LightningDataModule):
         """The tokenizer pair: given as `tokenizer`, else the one of the model being trained
         (fine-tuning from `init_from`), else cached or trained on the train split now."""
         if self._tokenizers is None:
-            model = getattr(self.trainer, "lightning_module", None)
-            if self.tokenizer_dir is not None:
-                self._tokenizers = Tokenizers.load(self.tokenizer_dir)
-            elif getattr(model, "tokenizers", None) is not None:
-                self._tokenizers = model.tokenizers
-            else:
-                self._tokenizers = self._cached_tokenizers()
+            reused = reused_tokenizers(self.tokenizer_dir, self.trainer)
+            self._tokenizers = reused or self._cached_tokenizers()
         return self._tokenizers
 
     @property
