@@ -71,7 +71,38 @@ def _batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
     return batch  # `__getitems__` already made the batch
 
 
-class ImageData(L.LightningDataModule):
+class TrainPixelStats:
+    """`mean` and `std` of the train split's pixels in [0, 1], per channel, set when the data
+    loads (`_ensure_loaded`) and kept in checkpoints (`state_dict`), so that a resumed run
+    normalizes as the first one did."""
+
+    _stats: tuple[list[float], list[float]] | None = None
+
+    def _ensure_loaded(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> list[float]:
+        """Per-channel mean of the train split's pixels in [0, 1]."""
+        self._ensure_loaded()
+        assert self._stats is not None
+        return list(self._stats[0])
+
+    @property
+    def std(self) -> list[float]:
+        """Per-channel standard deviation of the train split's pixels in [0, 1]."""
+        self._ensure_loaded()
+        assert self._stats is not None
+        return list(self._stats[1])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._stats = (list(state_dict["mean"]), list(state_dict["std"]))
+
+
+class ImageData(TrainPixelStats, L.LightningDataModule):
     """Labelled images held in memory as uint8, split by label-stratified sampling, served as
     normalized float batches {"image": (B, C, H, W), "label": (B,), "index": (B,)}.
 
@@ -197,19 +228,8 @@ class ImageData(L.LightningDataModule):
     def class_names(self) -> list[str]:
         return list(self._loaded().class_names)
 
-    @property
-    def mean(self) -> list[float]:
-        """Per-channel mean of the train split's pixels in [0, 1]."""
+    def _ensure_loaded(self) -> None:
         self._loaded()
-        assert self._stats is not None
-        return list(self._stats[0])
-
-    @property
-    def std(self) -> list[float]:
-        """Per-channel standard deviation of the train split's pixels in [0, 1]."""
-        self._loaded()
-        assert self._stats is not None
-        return list(self._stats[1])
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 (0..255) or float ([0, 1]) images -> what the batches hold."""
@@ -218,12 +238,6 @@ class ImageData(L.LightningDataModule):
     def check_patch_size(self, patch_size: int) -> None:
         """Raise ValueError unless `patch_size` divides the image height and width."""
         check_divisible(self.image_shape[1:], patch_size, f"{self.path} images")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._stats = (list(state_dict["mean"]), list(state_dict["std"]))
 
     # --- loaders ------------------------------------------------------------------------
 

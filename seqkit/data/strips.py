@@ -35,8 +35,9 @@ from seqkit.data.images import (
     shift_images,
     split_pool,
 )
+from seqkit.data.patches import TrainPixelStats
 from seqkit.data.sources import DataError
-from seqkit.data.tokenizer import BOS, Tokenizers
+from seqkit.data.tokenizer import BOS, Tokenizers, reused_tokenizers
 from seqkit.models.patches import check_divisible, image_sequence
 
 STAGES = ("train", "val", "test")
@@ -135,7 +136,7 @@ def _batch(batch: dict[str, Any]) -> dict[str, Any]:
     return batch  # `_Strips.__getitem__` already made the batch
 
 
-class DigitStripData(L.LightningDataModule):
+class DigitStripData(TrainPixelStats, L.LightningDataModule):
     """Strips of `min_digits`..`max_digits` digit images side by side (the first digit never
     0), each with its number in English words as the target: a seq2seq source of image patches
     {"src": (B, N, C*p*p), "src_mask": (B, N)} in reading order (see `image_sequence`),
@@ -211,11 +212,11 @@ class DigitStripData(L.LightningDataModule):
     @property
     def pool(self) -> ImagePool:
         """The digit images, split into pools and drawn into strips on first use."""
-        self._load_once()
+        self._ensure_loaded()
         assert self._pool is not None
         return self._pool
 
-    def _load_once(self) -> None:
+    def _ensure_loaded(self) -> None:
         if self._pool is not None:
             return
         pool = load_source(self.path)
@@ -238,34 +239,18 @@ class DigitStripData(L.LightningDataModule):
         """The target tokenizer (as a joint pair: the source is images): given as `tokenizer`,
         else the model's (fine-tuning), else trained on the training strips' words."""
         if self._tokenizers is None:
-            model = getattr(self.trainer, "lightning_module", None)
-            if self.tokenizer_dir is not None:
-                self._tokenizers = Tokenizers.load(self.tokenizer_dir)
-            elif getattr(model, "tokenizers", None) is not None:
-                self._tokenizers = model.tokenizers
-            else:
-                words = sorted({number_words(n) for n in self.strips_of("train")[1]})
-                rank_zero_info(f"Training a BPE tokenizer (vocab_size={self.vocab_size}) on "
-                               f"{len(words)} distinct numbers")  # fmt: skip
-                self._tokenizers = Tokenizers.train(words, words, self.vocab_size, joint=True)
+            self._tokenizers = reused_tokenizers(self.tokenizer_dir, self.trainer)
+        if self._tokenizers is None:
+            words = sorted({number_words(n) for n in self.strips_of("train")[1]})
+            rank_zero_info(f"Training a BPE tokenizer (vocab_size={self.vocab_size}) on "
+                           f"{len(words)} distinct numbers")  # fmt: skip
+            self._tokenizers = Tokenizers.train(words, words, self.vocab_size, joint=True)
         return self._tokenizers
 
     def strips_of(self, stage: str) -> tuple[np.ndarray, list[int]]:
         """A split's image rows (n, max_digits), -1 padded, and its numbers."""
-        self._load_once()
+        self._ensure_loaded()
         return self.strips[stage]
-
-    @property
-    def mean(self) -> list[float]:
-        self._load_once()
-        assert self._stats is not None
-        return list(self._stats[0])
-
-    @property
-    def std(self) -> list[float]:
-        self._load_once()
-        assert self._stats is not None
-        return list(self._stats[1])
 
     @property
     def image_source(self) -> dict[str, Any]:
@@ -285,12 +270,6 @@ class DigitStripData(L.LightningDataModule):
         rows, _ = self.strips_of(stage)
         images = self.pool.images
         return [torch.cat([images[r] for r in rows[i] if r >= 0], dim=-1) for i in indices]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._stats = (list(state_dict["mean"]), list(state_dict["std"]))
 
     def setup(self, stage: str | None = None) -> None:
         for name in STAGES:
