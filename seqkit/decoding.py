@@ -101,9 +101,10 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search; returns the `n_best` hypotheses of each source, best first.
 
-    As in fairseq, a hypothesis ends when EOS ranks among the `beam_size` best candidates,
-    and a sentence is done once it has `beam_size` ended hypotheses, so `beam_size=1` is
-    exactly greedy search. Scores are length-normalized with the GNMT penalty `alpha`.
+    As in fairseq, a hypothesis ends when EOS ranks among the `beam_size` best candidates.
+    A sentence is done once it has `beam_size` ended hypotheses and no live one scores better
+    at the present length (Hugging Face's `early_stopping=False`), so `beam_size=1` is exactly
+    greedy search. Scores are length-normalized with the GNMT penalty `alpha`.
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best={n_best} must be between 1 and beam_size={beam_size}")
@@ -130,12 +131,14 @@ def beam_search(
         i, j = is_eos[:, :k].nonzero(as_tuple=True)
         _finish(ended, active[i], rows[i, 0] + beam[i, j], cand_scores[i, j], history, t + 1,
                 alpha, k)  # fmt: skip
-        going = torch.tensor([len(ended[s]) < k for s in active.tolist()], device=src.device)
-        if not going.any():
-            break
         # Each beam adds at most one EOS, so at least k of the 2k candidates go on.
         alive = cand_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1).indices
-        scores = cand_scores.gather(1, alive)
+        scores = cand_scores.gather(1, alive)  # best first
+        best = (scores[:, 0] / length_penalty(t + 1, alpha)).tolist()
+        going = [not _settled(ended[s], k, a) for s, a in zip(active.tolist(), best, strict=True)]
+        going = torch.tensor(going, device=src.device)
+        if not going.any():
+            break
         index = (rows + beam.gather(1, alive)).view(-1)
         history = torch.cat([history[index], token.gather(1, alive).view(-1, 1)], dim=1)
         state = net.reorder_state(state, index)
@@ -147,7 +150,7 @@ def beam_search(
     else:  # out of room: the hypotheses still alive end here, without EOS
         i = active.repeat_interleave(k)
         _finish(ended, i, torch.arange(len(i)), scores.view(-1), history, max_len, alpha, k)
-    return [sorted(e, key=lambda h: -h.score)[:n_best] for e in ended]
+    return [e[:n_best] for e in ended]
 
 
 def _select(tree, rows: Tensor):
@@ -165,11 +168,18 @@ def _finish(
     alpha: float,
     k: int,
 ) -> None:
-    """End the hypotheses in `history[rows]` (of `sentence`), until each sentence has k."""
+    """End the hypotheses in `history[rows]` (of `sentence`); each sentence keeps its k best."""
     if not len(rows):
         return
     lp = length_penalty(length, alpha)
     tokens = history[rows, 1:].tolist()
     for i, toks, score in zip(sentence.tolist(), tokens, scores.tolist(), strict=True):
-        if len(ended[i]) < k and score != float("-inf"):
+        if score != float("-inf"):
             ended[i].append(Hypothesis(toks, score / lp))
+            ended[i].sort(key=lambda h: -h.score)
+            del ended[i][k:]
+
+
+def _settled(ended: list[Hypothesis], k: int, best_alive: float) -> bool:
+    """True once a sentence has k ended hypotheses that its best live one does not beat."""
+    return len(ended) == k and ended[-1].score >= best_alive

@@ -1,5 +1,7 @@
 """Greedy and beam search: beam 1 is greedy, scores are log-probabilities, batching is neutral."""
 
+import math
+
 import pytest
 import torch
 
@@ -132,3 +134,42 @@ def test_max_len_and_n_best_checks():
     assert all(len(h[0].tokens) <= 3 for h in beam_search(net, src, mask, beam_size=2, max_len=3))
     with pytest.raises(ValueError, match="n_best"):
         beam_search(net, src, mask, beam_size=2, n_best=3)
+
+
+class Scripted:
+    """A decoder whose next-token probabilities depend only on the prefix, read from a table;
+    prefixes not in the table end (EOS)."""
+
+    def __init__(self, table: dict[tuple[int, ...], dict[int, float]], vocab: int) -> None:
+        self.table, self.vocab = table, vocab
+
+    def encode(self, src, src_mask):
+        return src_mask[..., None].float()
+
+    def init_state(self, memory, src_mask):
+        return torch.zeros(len(memory), 0, dtype=torch.long)  # the prefix so far
+
+    def decode(self, tgt, memory, src_mask, state):
+        state = torch.cat([state, tgt], 1)
+        probs = torch.full((len(state), self.vocab), 1e-9)
+        for row, prefix in zip(probs, state[:, 1:].tolist(), strict=True):  # after BOS
+            for token, p in self.table.get(tuple(prefix), {EOS: 1.0}).items():
+                row[token] = p
+        return probs.log()[:, None], state
+
+    def reorder_state(self, state, index):
+        return state.index_select(0, index)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_beam_search_goes_on_while_a_live_hypothesis_beats_the_ended_ones(alpha):
+    # Two poor hypotheses end (B, then A D) while the likely one, A C E, is still going:
+    # stopping at k ended hypotheses would return B.
+    A, B, C, D, E = 3, 4, 5, 6, 7
+    net = Scripted({(): {A: 0.9, B: 0.1}, (A,): {C: 0.95, D: 0.05}, (A, C): {E: 1.0}}, vocab=8)
+    src = torch.ones(1, 2, dtype=torch.long)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert greedy(net, src, mask, max_len=6) == [[A, C, E]]
+    (hyps,) = beam_search(net, src, mask, beam_size=2, n_best=2, max_len=6, alpha=alpha)
+    assert [h.tokens for h in hyps] == [[A, C, E], [B]]
+    assert hyps[0].score == pytest.approx(math.log(0.9 * 0.95) / length_penalty(4, alpha), abs=1e-5)
