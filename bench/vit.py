@@ -9,9 +9,9 @@ same loss, AdamW and learning-rate schedule, data split, batch order, seed and t
 reference is `vit_pytorch.ViT` with the recipe's ViTConfig mapped onto its arguments
 (`reference_net`). Prints a Markdown table of parameters, steps, wall time, training images/s
 (images over the seconds spent inside training steps: data loading and validation excluded),
-inference images/s (the test split in batches of 256, eval mode, after a warm-up batch) and
-test accuracy, then the seqkit/vit-pytorch ratios; writes them to RUN_DIR/result.json. The
-last line is the training-speed ratio and both test accuracies.
+inference images/s (the test split in batches of 256, eval mode, the two nets taking turns
+for 7 passes each, median pass) and test accuracy, then the seqkit/vit-pytorch ratios; writes
+them to RUN_DIR/result.json. The last line is the training-speed ratio and both accuracies.
 
 The machine is noisy (other jobs, turbo, thermals): compare the ratios within one run, not
 absolute figures across runs, and swap `--order` to check that going first does not matter.
@@ -37,6 +37,7 @@ import importlib.util
 import io
 import json
 import logging
+import statistics
 import sys
 import time
 import warnings
@@ -187,26 +188,33 @@ class TrainTime(L.Callback):
 
 
 @torch.inference_mode()
-def inference_rate(net: nn.Module, data: ImageData, batch_size: int = 256) -> float:
-    """Images/s of `net` in eval mode over the test split, in whole passes, for >= 1 s."""
+def inference_rates(nets: dict[str, nn.Module], data: ImageData, batch_size: int = 256,
+                    rounds: int = 7) -> dict[str, float]:  # fmt: skip
+    """Images/s of each net in eval mode over the test split. The nets take turns, a whole
+    pass each per round, and each keeps its median round: noise hits both alike."""
     split = data.test_dataloader().dataset
-    device = next(net.parameters()).device
+    device = next(next(iter(nets.values())).parameters()).device
     images = split.__getitems__(list(range(len(split))))["image"].to(device)
     batches = images.split(batch_size)
-    net.eval()
-    net(batches[0])  # warm-up
-    _sync(device)
-    start, seen = time.perf_counter(), 0
-    while not seen or time.perf_counter() - start < 1.0:
-        for x in batches:
-            net(x)
-        _sync(device)
-        seen += len(images)
-    return seen / (time.perf_counter() - start)
+    seconds: dict[str, list[float]] = {name: [] for name in nets}
+    for net in nets.values():
+        net.eval()
+        net(batches[0])  # warm-up
+    for _ in range(rounds):
+        for name, net in nets.items():
+            _sync(device)
+            start = time.perf_counter()
+            for x in batches:
+                net(x)
+            _sync(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: len(images) / statistics.median(t) for name, t in seconds.items()}
 
 
-def measure(which: str, data: ImageData, recipe: dict, args: argparse.Namespace) -> dict:
-    """Train one model within the budget, test it, and time its inference."""
+def measure(
+    which: str, data: ImageData, recipe: dict, args: argparse.Namespace
+) -> tuple[dict, nn.Module]:
+    """Train one model within the budget and test it; returns its figures and its net."""
     model = build(which, recipe, data, args.seed)
     timer = TrainTime()
     settings = {k: v for k, v in recipe["trainer"].items() if k in TRAINER_KEYS}
@@ -230,10 +238,9 @@ def measure(which: str, data: ImageData, recipe: dict, args: argparse.Namespace)
         "wall_min": wall / 60,
         "train_seconds": timer.seconds,
         "train_images_per_sec": timer.images / max(timer.seconds, 1e-9),
-        "infer_images_per_sec": inference_rate(model.net, data),
         "test_accuracy": scores["test/accuracy"],
         "test_loss": scores["test/loss"],
-    }
+    }, model.net
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -265,7 +272,11 @@ def run(args: argparse.Namespace) -> dict:
     args.minutes = args.minutes or minutes_of(recipe["trainer"].get("max_time")) or 5.0
     args.run_dir.mkdir(parents=True, exist_ok=True)
     data = image_data(args, recipe)
-    runs = {which: measure(which, data, recipe, args) for which in args.order}
+    runs, nets = {}, {}
+    for which in args.order:
+        runs[which], nets[which] = measure(which, data, recipe, args)
+    for which, rate in inference_rates(nets, data).items():
+        runs[which]["infer_images_per_sec"] = rate
     mine, ref = runs["seqkit"], runs["reference"]
     result = {
         "recipe": str(args.recipe), "data": data.path, "minutes": args.minutes,
