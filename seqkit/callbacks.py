@@ -17,9 +17,11 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from tokenizers import Tokenizer
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from seqkit.data.batching import pad
 from seqkit.decoding import default_max_len, greedy
+from seqkit.models.patches import unpatchify
 from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 
@@ -69,16 +71,18 @@ class TokensPerSecond(L.Callback):
 
 
 class _ValidationSamples(L.Callback):
-    """Holds `n` fixed validation sentences, those with the lowest dataset indices: the same
-    every epoch whatever the batch order, and drawn from the whole split rather than from the
-    shortest sentences that come first in length-sorted batches. Rank 0 keeps and logs them;
-    the sanity check is skipped."""
+    """Holds `n` fixed validation sentences (or images, for a model with an image source),
+    those with the lowest dataset indices: the same every epoch whatever the batch order, and
+    drawn from the whole split rather than from the shortest sentences that come first in
+    length-sorted batches. Rank 0 keeps and logs them; the sanity check is skipped."""
 
     def __init__(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
         self.n = n
-        self._rows: dict[int, tuple[list[int], str, str]] = {}  # index: (src ids, src, ref)
+        # index: (src ids, source text, reference), or for images (patches (N, P), None, ref)
+        self._rows: dict[int, tuple[list[int] | Tensor, str | None, str]] = {}
+        self._warned: set[str] = set()
 
     def _active(self, trainer: L.Trainer) -> bool:
         return trainer.is_global_zero and not trainer.sanity_checking and bool(trainer.loggers)
@@ -91,13 +95,14 @@ class _ValidationSamples(L.Callback):
     ) -> None:
         if not self._active(trainer) or dataloader_idx or batch.get("repeat"):
             return
-        if "src_text" not in batch:  # an image source: no text to show beside the output
-            return
-        src = batch["src"]
+        src, src_mask = batch["src"], batch.get("src_mask")  # image patches come with a mask
         for i, index in enumerate(batch["index"].tolist()):
             if len(self._rows) < self.n or index < max(self._rows):
-                ids = src[i][src[i] != PAD].tolist()
-                self._rows[index] = (ids, batch["src_text"][i], batch["tgt_text"][i])
+                if src_mask is None:
+                    row = (src[i][src[i] != PAD].tolist(), batch["src_text"][i])
+                else:
+                    row = (src[i][src_mask[i]].cpu(), None)
+                self._rows[index] = (*row, batch["tgt_text"][i])
                 if len(self._rows) > self.n:
                     del self._rows[max(self._rows)]
 
@@ -106,21 +111,48 @@ class _ValidationSamples(L.Callback):
         if not self._active(trainer) or not self._rows:
             return
         rows = [self._rows[i] for i in sorted(self._rows)]
-        src = pad([ids for ids, _, _ in rows]).to(pl_module.device)
-        self.log_samples(trainer, pl_module, src, [r[1] for r in rows], [r[2] for r in rows])
+        sources, references = [r[1] for r in rows], [r[2] for r in rows]
+        if sources[0] is None:  # image patches: show the images they were cut from
+            src = pad_sequence([r[0] for r in rows], batch_first=True)  # (B, N, P)
+            src_mask = torch.arange(src.shape[1]) < torch.tensor([len(r[0]) for r in rows])[:, None]
+            sources = [source_picture(r[0], pl_module.config, pl_module.image_source) for r in rows]
+        else:
+            src = pad([ids for ids, _, _ in rows])
+            src_mask = src != PAD
+        device = pl_module.device
+        self.log_samples(
+            trainer, pl_module, src.to(device), src_mask.to(device), sources, references
+        )
 
     def log_samples(
-        self, trainer, pl_module, src: Tensor, sources: list[str], references: list[str]
+        self,
+        trainer,
+        pl_module,
+        src: Tensor,
+        src_mask: Tensor,
+        sources: list[str] | list[np.ndarray],
+        references: list[str],
     ) -> None:
-        """Decode the padded sources (B, S) and log what the subclass shows."""
+        """Decode the padded sources (B, S) or image patches (B, S, P) and log what the
+        subclass shows; `sources` are texts, or RGB images (H, W, 3) uint8."""
         raise NotImplementedError
+
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            rank_zero_warn(f"{type(self).__name__}: {message}")
 
 
 class TranslationSamples(_ValidationSamples):
     """After every validation, logs `n` fixed validation sentences with their greedy
     translations: a `wandb.Table` under `val/samples` for W&B, a Markdown table for
     TensorBoard, and rows appended to `samples.tsv` in the log directory of any other logger
-    that has one (CSVLogger). Columns: epoch, step, source, reference, hypothesis."""
+    that has one (CSVLogger). Columns: epoch, step, source, reference, hypothesis.
+
+    For a model that reads images the source is the image: a `wandb.Image` in the table (which
+    needs pillow), `add_image` under `val/samples/i` beside TensorBoard's table, and a PNG file
+    in `samples/` under the log directory, named in the TSV's source column.
+    """
 
     KEY = "val/samples"
     COLUMNS = ("epoch", "step", "source", "reference", "hypothesis")
@@ -128,11 +160,13 @@ class TranslationSamples(_ValidationSamples):
     def __init__(self, n: int = 8) -> None:
         super().__init__(n)
 
-    def log_samples(self, trainer, pl_module, src, sources, references) -> None:
-        hyps = pl_module.generate(src, beam_size=1)
+    def log_samples(self, trainer, pl_module, src, src_mask, sources, references) -> None:
+        hyps = pl_module.generate(src, beam_size=1, src_mask=src_mask)
         epoch, step = trainer.current_epoch, trainer.global_step
-        rows = [[epoch, step, *texts] for texts in zip(sources, references, hyps, strict=True)]
+        images = isinstance(sources[0], np.ndarray)
         for logger in trainer.loggers:
+            shown = self._show_images(logger, sources, epoch, step) if images else sources
+            rows = [[epoch, step, *row] for row in zip(shown, references, hyps, strict=True)]
             if isinstance(logger, WandbLogger):
                 logger.log_table(self.KEY, columns=list(self.COLUMNS), data=rows, step=step)
             elif isinstance(logger, TensorBoardLogger):
@@ -140,6 +174,26 @@ class TranslationSamples(_ValidationSamples):
                 logger.experiment.add_text(self.KEY, table, step)
             elif getattr(logger, "log_dir", None):
                 _append_tsv(Path(logger.log_dir) / "samples.tsv", self.COLUMNS, rows)
+
+    def _show_images(self, logger, images: list[np.ndarray], epoch: int, step: int) -> list:
+        """The source column for images: logs or writes them where `logger` keeps images."""
+        if isinstance(logger, WandbLogger):
+            if importlib.util.find_spec("PIL") is None:
+                self._warn(
+                    "wandb.Image needs pillow (`pip install pillow`); no images in the table"
+                )
+                return ["(image)"] * len(images)
+            import wandb
+
+            return [wandb.Image(image) for image in images]
+        names = [f"{self.KEY}/{i}" for i in range(len(images))]
+        if isinstance(logger, TensorBoardLogger):
+            for name, image in zip(names, images, strict=True):
+                logger.experiment.add_image(name, image, step, dataformats="HWC")
+        elif getattr(logger, "log_dir", None):
+            names = [f"samples/epoch={epoch}-step={step}-{i}.png" for i in range(len(images))]
+            _write_pngs(Path(logger.log_dir), names, images)
+        return names
 
 
 class AttentionMaps(_ValidationSamples):
@@ -150,17 +204,18 @@ class AttentionMaps(_ValidationSamples):
     in `attention/` under the log directory of any other logger that has one.
 
     With matplotlib installed the maps carry token labels; without it they are plain
-    grayscale grids of 8 pixels a token, brighter for more attention.
+    grayscale grids of 8 pixels a token, brighter for more attention. For a model that reads
+    images, each column of the map is a column of patches, left to right: the map shows where
+    in the image each output token looked.
     """
 
     KEY = "val/attention"
 
     def __init__(self, n: int = 2) -> None:
         super().__init__(n)
-        self._warned: set[str] = set()
 
-    def log_samples(self, trainer, pl_module, src, sources, references) -> None:
-        maps = self._render(pl_module, src, sources)
+    def log_samples(self, trainer, pl_module, src, src_mask, sources, references) -> None:
+        maps = self._render(pl_module, src, src_mask, sources, references)
         if maps is None:
             return
         images, captions = maps
@@ -175,18 +230,16 @@ class AttentionMaps(_ValidationSamples):
                 for i, image in enumerate(images):
                     logger.experiment.add_image(f"{self.KEY}/{i}", image, step, dataformats="HWC")
             elif getattr(logger, "log_dir", None):
-                folder = Path(logger.log_dir) / "attention"
-                folder.mkdir(parents=True, exist_ok=True)
-                for i, image in enumerate(images):
-                    name = f"epoch={trainer.current_epoch}-step={step}-{i}.png"
-                    (folder / name).write_bytes(png_bytes(image))
+                names = [
+                    f"epoch={trainer.current_epoch}-step={step}-{i}.png" for i in range(len(images))
+                ]
+                _write_pngs(Path(logger.log_dir) / "attention", names, images)
 
     def _render(
-        self, pl_module, src: Tensor, sources: list[str]
+        self, pl_module, src: Tensor, src_mask: Tensor, sources: list, references: list[str]
     ) -> tuple[list[np.ndarray], list[str]] | None:
         """RGB heat maps and captions, or None (with a warning) for a model without attention."""
         net, tokenizers = pl_module.net, pl_module.tokenizers
-        src_mask = src != PAD
         max_len = default_max_len(src_mask)
         max_len = min(max_len, getattr(pl_module.config, "max_positions", max_len))
         hyps = greedy(net, src, src_mask, max_len=max_len)
@@ -196,21 +249,25 @@ class AttentionMaps(_ValidationSamples):
         try:
             weights = net.cross_attention(src, src_mask, tgt).detach().float().cpu().numpy()
         except ValueError as err:
-            self._warn(str(err))
+            self._warn(f"{err}; no attention maps are logged")
             return None
+        patch_size = pl_module.config.src_patch_size
         images, captions = [], []
         for i, (out, text) in enumerate(zip(outputs, tokenizers.decode_target(hyps), strict=True)):
-            src_labels = token_labels(tokenizers.source, src[i][src_mask[i]].tolist())
             tgt_labels = token_labels(tokenizers.target, out)
-            grid = weights[i, : len(tgt_labels), : len(src_labels)]
-            images.append(render_attention(grid, src_labels, tgt_labels))
-            captions.append(f"{sources[i]} → {text}")
+            n = int(src_mask[i].sum())
+            grid = weights[i, : len(tgt_labels), :n]
+            if patch_size:  # sum each column of patches (they run top to bottom)
+                per_column = pl_module.image_source["height"] // patch_size
+                grid = grid.reshape(len(tgt_labels), n // per_column, per_column).sum(-1)
+                columns = [str(c) for c in range(grid.shape[1])]
+                images.append(render_attention(grid, columns, tgt_labels, "patch column"))
+                captions.append(f"image of {references[i]} → {text}")
+            else:
+                src_labels = token_labels(tokenizers.source, src[i][:n].tolist())
+                images.append(render_attention(grid, src_labels, tgt_labels))
+                captions.append(f"{sources[i]} → {text}")
         return images, captions
-
-    def _warn(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            rank_zero_warn(f"AttentionMaps: {message}; no attention maps are logged there")
 
 
 def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
@@ -223,11 +280,11 @@ def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
 
 
 def render_attention(
-    weights: np.ndarray, src_labels: list[str], tgt_labels: list[str]
+    weights: np.ndarray, src_labels: list[str], tgt_labels: list[str], src_name: str = "source"
 ) -> np.ndarray:
     """An RGB heat map (H, W, 3) uint8 of `weights` (T, S): one row per output token, one
-    column per source token. Labelled axes with matplotlib (drawn off-screen by Agg, leaving
-    pyplot's state alone), a plain grayscale grid without it."""
+    column per source token (the x axis is named `src_name`). Labelled axes with matplotlib
+    (drawn off-screen by Agg, leaving pyplot's state alone), a plain grayscale grid without it."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -241,7 +298,7 @@ def render_attention(
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, aspect="auto")
     ax.set_xticks(range(s), src_labels, rotation=90, fontsize=8)
     ax.set_yticks(range(t), tgt_labels, fontsize=8)
-    ax.set_xlabel("source")
+    ax.set_xlabel(src_name)
     ax.set_ylabel("output")
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
     fig.tight_layout()
@@ -262,6 +319,26 @@ def png_bytes(image: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
+
+
+def source_picture(patches: Tensor, config, source: dict) -> np.ndarray:
+    """The image (H, W, 3) uint8 that a seq2seq model with an image source read as `patches`
+    (N, C*p*p), its real patches in reading order (`image_sequence`): they are put back in
+    place and the training normalization in `source` is undone."""
+    p, c, h = config.src_patch_size, config.src_channels, source["height"]
+    w = len(patches) // (h // p) * p
+    x = unpatchify(patches[None].float().cpu(), p, (c, h, w), order="columns")[0]  # (C, H, W)
+    mean = torch.tensor(source["mean"]).view(-1, 1, 1)
+    x = x * torch.tensor(source["std"]).view(-1, 1, 1) + mean
+    x = x.clamp(0, 1).mul(255).round().to(torch.uint8)
+    return x.expand(3, h, w).permute(1, 2, 0).numpy() if c == 1 else x.permute(1, 2, 0).numpy()
+
+
+def _write_pngs(folder: Path, names: list[str], images: list[np.ndarray]) -> None:
+    for name, image in zip(names, images, strict=True):
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(image))
 
 
 def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:

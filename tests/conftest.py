@@ -10,6 +10,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_DIR", str(_TMP / "wandb"))
+os.environ.setdefault("WANDB_DATA_DIR", str(_TMP / "wandb-data"))  # staged artifacts
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("SEQKIT_CACHE", str(_TMP / "cache"))
 

@@ -2,13 +2,20 @@
 padding never changes what any seq2seq model computes, a tiny model learns to read, and
 `predict` reads arrays and files the way training did."""
 
+import csv
+import json
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from test_patches import write_mnist
+from test_wandb import wandb_records
 
-from seqkit import DigitStripData, RNNConfig, Seq2Seq, TransformerConfig
+from seqkit import DigitStripData, RNNConfig, Seq2Seq, TransformerConfig, callbacks
+from seqkit.callbacks import AttentionMaps, TranslationSamples
 from seqkit.cli import main
 from seqkit.data.sources import DataError
 from seqkit.data.strips import number_words
@@ -193,3 +200,74 @@ def test_bad_strip_settings_name_the_problem(tmp_path):
         DigitStripData(path=str(three_classes)).setup()
     with pytest.raises(ValueError, match="src_patch_size"):
         build_model(RNNConfig(tgt_vocab_size=10))
+
+
+def fit_with_samples(data: DigitStripData, tmp_path, logger) -> Seq2Seq:
+    """Two training steps and one validation, logging samples and attention maps."""
+    L.seed_everything(0)
+    config = TransformerConfig(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
+                               d_ff=32)  # fmt: skip
+    model = Seq2Seq(config, optimizer=OptimizerConfig(warmup_steps=1))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=0,
+                        logger=logger, callbacks=[TranslationSamples(n=3), AttentionMaps(n=2)],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(model, data)
+    return model
+
+
+def test_samples_show_the_strips_read_and_attention_runs_over_their_columns(
+    data, tmp_path, monkeypatch
+):
+    from PIL import Image
+
+    grids = []
+    draw = callbacks.render_attention
+    monkeypatch.setattr(callbacks, "render_attention", lambda g, *a: grids.append(g) or draw(g, *a))
+    logger = CSVLogger(str(tmp_path), name="run")
+    model = fit_with_samples(data, tmp_path, logger)
+    log_dir = Path(logger.log_dir)
+    with (log_dir / "samples.tsv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    _, numbers = data.strips_of("val")
+    strips = data.strip_images("val", [0, 1, 2])  # the lowest indices
+    assert [row[3] for row in rows] == [number_words(n) for n in numbers[:3]]
+    for row, strip in zip(rows, strips, strict=True):
+        shown = np.asarray(Image.open(log_dir / row[2]))  # samples/epoch=0-step=2-i.png
+        assert shown.shape == (*strip.shape[1:], 3)
+        assert (shown == strip[0].numpy()[..., None]).all()  # the pixels the model read
+    assert [row[4] for row in rows] == model.predict(strips, beam_size=1)
+    assert len(list((log_dir / "attention").glob("*.png"))) == len(grids) == 2
+    for grid, strip in zip(grids, strips[:2], strict=True):  # AttentionMaps(n=2)
+        assert grid.shape[1] == strip.shape[2] // data.patch_size  # one column per patch column
+        np.testing.assert_allclose(grid.sum(1), 1.0, atol=1e-5)  # each output token's attention
+
+
+def test_wandb_samples_table_holds_the_strip_images(data, tmp_path):
+    import wandb
+    from PIL import Image
+
+    try:
+        logger = WandbLogger(project="seqkit-tests", save_dir=str(tmp_path), offline=True)
+        fit_with_samples(data, tmp_path, logger)
+    finally:
+        wandb.finish()
+        wandb.teardown()
+    # A table with images goes to W&B as an artifact: its JSON and the PNGs it names,
+    # staged on disk until `wandb sync` uploads them.
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (log,) = run_dir.glob("run-*.wandb")
+    (files,) = [
+        {entry.path: Path(entry.local_path) for entry in record.artifact.manifest.contents}
+        for record in wandb_records(log)
+        if record.WhichOneof("record_type") == "artifact" and "valsamples" in record.artifact.name
+    ]
+    table = json.loads(files["val/samples.table.json"].read_text())
+    assert table["columns"] == list(TranslationSamples.COLUMNS)
+    _, numbers = data.strips_of("val")
+    assert [row[3] for row in table["data"]] == [number_words(n) for n in numbers[:3]]
+    strips = data.strip_images("val", [0, 1, 2])
+    for row, strip in zip(table["data"], strips, strict=True):
+        assert row[2]["_type"] == "image-file"
+        shown = np.asarray(Image.open(files[row[2]["path"]]))
+        assert (shown == strip[0].numpy()[..., None]).all()

@@ -211,7 +211,8 @@ def test_tensorboard_gets_a_markdown_table_and_images(csv_run):
     batch = next(iter(data.val_dataloader()))
     logger = _StubTensorBoard()
     trainer = SimpleNamespace(loggers=[logger], current_epoch=1, global_step=6)
-    args = (trainer, model.eval(), batch["src"][:2], batch["src_text"][:2], batch["tgt_text"][:2])
+    src = batch["src"][:2]
+    args = (trainer, model.eval(), src, src != PAD, batch["src_text"][:2], batch["tgt_text"][:2])
     TranslationSamples().log_samples(*args)
     AttentionMaps().log_samples(*args)
     (text, *images) = logger.recorder.calls
