@@ -1,5 +1,6 @@
-"""Token-budget batches: a length-bucketing sampler, a batch-fetching dataset, `collate`, and a
-training loader that a run resumed mid-epoch continues."""
+"""Token-budget batches: a length-bucketing sampler, a batch-fetching dataset, `collate`, a
+training loader that a run resumed mid-epoch continues, and `token_loader`, which builds a
+DataModule's loaders from them."""
 
 from __future__ import annotations
 
@@ -206,3 +207,37 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def token_loader(
+    module: Any,
+    dataset: Dataset,
+    lengths: Sequence[int],
+    max_tokens: int,
+    train: bool,
+    collate_fn: Callable[[Any], Batch] = collate,
+) -> DataLoader:
+    """A DataModule's loader of `dataset` in batches of at most `max_tokens` tokens (padding
+    included), each rank of `module.trainer` taking its share. For training the batches are
+    shuffled by `module.seed` and epoch, and a run resumed mid-epoch goes on where it stopped
+    (`ResumableLoader`); otherwise they come in length order. `module.num_workers` workers."""
+    trainer = module.trainer
+    sampler = TokenBatchSampler(
+        lengths,
+        max_tokens,
+        shuffle=train,
+        seed=module.seed,
+        num_replicas=trainer.world_size if trainer is not None else 1,
+        rank=trainer.global_rank if trainer is not None else 0,
+    )
+    if train:
+        position = lambda: trainer_position(module.trainer)  # noqa: E731
+        return ResumableLoader(dataset, sampler, position, module.num_workers, collate_fn)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=module.num_workers,
+        persistent_workers=module.num_workers > 0,
+    )

@@ -16,13 +16,7 @@ from num2words import num2words
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from seqkit.data.batching import (
-    Repeat,
-    ResumableLoader,
-    TokenBatchSampler,
-    pad,
-    trainer_position,
-)
+from seqkit.data.batching import Repeat, pad, token_loader
 from seqkit.data.images import (
     ImagePool,
     check_split_sizes,
@@ -276,35 +270,22 @@ class DigitStripData(TrainPixelStats, L.LightningDataModule):
             if name not in self._datasets:
                 self._datasets[name] = _Strips(self, name)
 
-    def _loader(self, stage: str, max_tokens: int, shuffle: bool) -> DataLoader:
+    def _loader(self, stage: str, max_tokens: int) -> DataLoader:
         self.setup()
-        data, trainer = self._datasets[stage], self.trainer
-        sampler = TokenBatchSampler(
-            data.lengths,
-            max_tokens,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-        )
-        if stage == "train":
-            return ResumableLoader(
-                data, sampler, lambda: trainer_position(self.trainer), self.num_workers, _batch
-            )
-        return DataLoader(data, batch_size=None, sampler=sampler, collate_fn=_batch,
-                          num_workers=self.num_workers)  # fmt: skip
+        data = self._datasets[stage]
+        return token_loader(self, data, data.lengths, max_tokens, stage == "train", _batch)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.max_tokens, shuffle=True)
+        return self._loader("train", self.max_tokens)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_max_tokens, shuffle=False)
+        return self._loader("val", self.eval_max_tokens)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_max_tokens, shuffle=False)
+        return self._loader("test", self.eval_max_tokens)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_max_tokens, shuffle=False)
+        return self._loader("test", self.eval_max_tokens)
 
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> Any:
         """Shift the digits of training strips (`augment`), then cut every strip into patches,

@@ -19,13 +19,7 @@ import pyarrow.compute as pc
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from seqkit.data.batching import (
-    ResumableLoader,
-    TokenBatchDataset,
-    TokenBatchSampler,
-    collate,
-    trainer_position,
-)
+from seqkit.data.batching import TokenBatchDataset, token_loader
 from seqkit.data.sources import DataError, load_pairs, read_columns
 from seqkit.data.tokenizer import EOS, Tokenizers, reused_tokenizers
 
@@ -285,49 +279,29 @@ class TranslationData(L.LightningDataModule):
 
     # --- loaders ----------------------------------------------------------------------------
 
-    def _loader(self, stage: str, max_tokens: int, shuffle: bool) -> DataLoader:
+    def _loader(self, stage: str, max_tokens: int) -> DataLoader:
         if stage not in self.splits:
             raise ValueError(f"{type(self).__name__}: no {stage!r} in splits={self.splits}")
         if stage not in self.datasets:
             self.setup()
         data = self.datasets[stage]
-        trainer = self.trainer
-        sampler = TokenBatchSampler(
-            data.with_format("numpy", columns=["length"])[:]["length"],
-            max_tokens,
-            shuffle=shuffle,
-            seed=self.seed,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
-        )
-        dataset = TokenBatchDataset(data)
-        if stage == "train":
-            return ResumableLoader(
-                dataset, sampler, lambda: trainer_position(self.trainer), self.num_workers
-            )
-        return DataLoader(
-            dataset,
-            batch_size=None,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        lengths = data.with_format("numpy", columns=["length"])[:]["length"]
+        return token_loader(self, TokenBatchDataset(data), lengths, max_tokens, stage == "train")
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.max_tokens, shuffle=True)
+        return self._loader("train", self.max_tokens)
 
     def val_dataloader(self) -> DataLoader | list[Any]:
         if "val" not in self.splits:
             return []  # Lightning skips validation
-        return self._loader("val", self.eval_max_tokens, shuffle=False)
+        return self._loader("val", self.eval_max_tokens)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_max_tokens, shuffle=False)
+        return self._loader("test", self.eval_max_tokens)
 
     def predict_dataloader(self) -> DataLoader:
         stage = "predict" if "predict" in self.splits else "test"
-        return self._loader(stage, self.eval_max_tokens, shuffle=False)
+        return self._loader(stage, self.eval_max_tokens)
 
 
 def _check_lengths(
