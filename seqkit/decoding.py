@@ -4,10 +4,14 @@ Any model with `encode(src, src_mask)`, `init_state(memory, src_mask)`,
 `decode(tgt, memory, src_mask, state) -> (logits, state)` and `reorder_state(state, index)`
 can be decoded: the Transformer caches keys and values, recurrent models carry their hidden
 state. Every tensor in a state has the batch as its first dimension.
+
+Every sentence has its own length limit (`max_len` may be one int or one per sentence), so a
+sentence's output never depends on the other sentences of its batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 import torch
@@ -24,16 +28,82 @@ class Decodable(Protocol):
     def reorder_state(self, state, index: Tensor): ...
 
 
+class DecodingError(ValueError):
+    """A decoding setting out of range; `field` names the `DecodingConfig` field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"decoding.{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How a model decodes: one validated set of options for test, predict, `translate`,
+    `seqkit translate` and `seqkit serve` (overridden with `dataclasses.replace`).
+
+    Raises:
+        DecodingError (a ValueError) naming the field when a value is out of range.
+    """
+
+    beam_size: int = 5
+    """Beam width; 1 is greedy search."""
+    n_best: int = 1
+    """Hypotheses returned per source, best first; at most beam_size."""
+    alpha: float = 0.6
+    """GNMT length penalty exponent (Wu et al., 2016); 0 ranks by raw log-probability."""
+    min_len: int = 0
+    """Fewest output tokens: EOS is banned before them (Hugging Face's `min_new_tokens`,
+    CTranslate2's `min_decoding_length`)."""
+    max_len: int | None = None
+    """Most output tokens per sentence, EOS included; None allows 1.5 × that sentence's
+    source length + 10. Either way capped by the model's `max_positions`."""
+
+    def as_greedy(self) -> DecodingConfig:
+        """These settings with greedy search and one hypothesis (validation decodes so)."""
+        return replace(self, beam_size=1, n_best=1)
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise DecodingError("beam_size", f"must be at least 1, got {self.beam_size}")
+        if not 1 <= self.n_best <= self.beam_size:
+            raise DecodingError(
+                "n_best", f"must be between 1 and beam_size={self.beam_size}, got {self.n_best}"
+            )
+        if not self.alpha >= 0:  # also refuses NaN
+            raise DecodingError("alpha", f"must be >= 0, got {self.alpha}")
+        if self.min_len < 0:
+            raise DecodingError("min_len", f"must be >= 0, got {self.min_len}")
+        if self.max_len is not None and self.max_len < 1:
+            raise DecodingError("max_len", f"must be at least 1, got {self.max_len}")
+        if self.max_len is not None and self.min_len > self.max_len:
+            raise DecodingError("min_len", f"min_len={self.min_len} exceeds max_len={self.max_len}")
+
+
 class Hypothesis(NamedTuple):
     tokens: list[int]
     """Output token ids, without BOS and EOS."""
     score: float
-    """Sum of token log-probabilities divided by the length penalty."""
+    """Sum of token log-probabilities (EOS included when it ended) divided by the length
+    penalty."""
 
 
-def default_max_len(src_mask: Tensor) -> int:
-    """Room for a translation up to 1.5 times the longest source, plus 10 tokens."""
-    return int(src_mask.sum(1).max().item() * 1.5) + 10
+def default_max_len(src_mask: Tensor) -> Tensor:
+    """Each sentence's room (B,): 1.5 times its source length (B, S mask), plus 10 tokens."""
+    return (src_mask.sum(1) * 1.5).long() + 10
+
+
+def length_limits(
+    src_mask: Tensor, config: DecodingConfig, max_positions: int | None = None
+) -> Tensor:
+    """The most output tokens (B,) each source sentence of `src_mask` (B, S) may get under
+    `config`: its `max_len` or `default_max_len`, at least `min_len`, at most
+    `max_positions` (the model's longest sequence)."""
+    if config.max_len is not None:
+        limits = torch.full((src_mask.shape[0],), config.max_len, device=src_mask.device)
+    else:
+        limits = default_max_len(src_mask).clamp(min=config.min_len)
+    return limits.clamp(max=max_positions) if max_positions else limits
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -42,14 +112,49 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 def next_token_logprobs(logits: Tensor, never: tuple[int, ...]) -> Tensor:
-    """Log-probabilities (B, V) of the next token; tokens in `never` (padding, BOS) get -inf."""
+    """Log-probabilities (B, V) of the next token; tokens in `never` (padding, BOS, and EOS
+    before `min_len`) get -inf."""
     logp = logits[:, -1].float().log_softmax(-1)
     logp[:, list(never)] = float("-inf")
     return logp
 
 
+def _limits(max_len: int | Tensor | None, src_mask: Tensor) -> Tensor:
+    if max_len is None:
+        return default_max_len(src_mask)
+    if isinstance(max_len, int):
+        max_len = torch.full((src_mask.shape[0],), max_len)
+    if (max_len < 1).any():
+        raise ValueError(f"max_len must be at least 1, got {max_len.tolist()}")
+    return max_len.to(src_mask.device)
+
+
+def _banned(t: int, min_len: int, bos: int, eos: int) -> tuple[int, ...]:
+    return (PAD, bos, eos) if t < min_len else (PAD, bos)
+
+
 def _strip(tokens: list[int], eos: int) -> list[int]:
     return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def search(
+    net: Decodable,
+    src: Tensor,
+    src_mask: Tensor,
+    config: DecodingConfig,
+    *,
+    max_len: int | Tensor | None = None,
+) -> list[list[Hypothesis]]:
+    """The `config.n_best` hypotheses of each source, best first, with their scores: greedy
+    search when `config.beam_size` is 1, else `beam_search`. `max_len` (B,) overrides
+    `config.max_len`, e.g. with `length_limits`."""
+    max_len = config.max_len if max_len is None else max_len
+    if config.beam_size == 1:
+        tokens, scores = _greedy(net, src, src_mask, _limits(max_len, src_mask),
+                                 config.min_len, config.alpha, BOS, EOS)  # fmt: skip
+        return [[Hypothesis(t, s)] for t, s in zip(tokens, scores, strict=True)]
+    options = {"alpha": config.alpha, "n_best": config.n_best, "min_len": config.min_len}
+    return beam_search(net, src, src_mask, beam_size=config.beam_size, max_len=max_len, **options)
 
 
 @torch.inference_mode()
@@ -58,24 +163,43 @@ def greedy(
     src: Tensor,
     src_mask: Tensor,
     *,
-    max_len: int | None = None,
+    max_len: int | Tensor | None = None,
+    min_len: int = 0,
     bos: int = BOS,
     eos: int = EOS,
 ) -> list[list[int]]:
-    """Most likely next token at every step, for a batch of sources (B, S) or (B, S, P)."""
-    max_len = max_len or default_max_len(src_mask)
+    """Most likely next token at every step, for a batch of sources (B, S) or (B, S, P).
+    `max_len`: the most tokens, one int or one per sentence (B,); default `default_max_len`.
+    `min_len`: EOS is banned before this many tokens."""
+    return _greedy(net, src, src_mask, _limits(max_len, src_mask), min_len, 0.0, bos, eos)[0]
+
+
+@torch.inference_mode()
+def _greedy(
+    net: Decodable,
+    src: Tensor,
+    src_mask: Tensor,
+    limits: Tensor,
+    min_len: int,
+    alpha: float,
+    bos: int,
+    eos: int,
+) -> tuple[list[list[int]], list[float]]:
+    """Greedy tokens and their scores, length-normalized as `beam_search`'s."""
     memory = net.encode(src, src_mask)
     state = net.init_state(memory, src_mask)
-    b = src.shape[0]
+    b, steps = src.shape[0], int(limits.max())
     ids = {"dtype": torch.long, "device": src.device}  # src may be float image patches
-    out = torch.full((b, max_len), eos, **ids)
+    out = torch.full((b, steps), eos, **ids)
+    logprob = torch.zeros(b, device=src.device)
     active = torch.arange(b, device=src.device)  # sentences still being decoded
     step = torch.full((b, 1), bos, **ids)
-    for t in range(max_len):
+    for t in range(steps):
         logits, state = net.decode(step, memory, src_mask, state)
-        token = next_token_logprobs(logits, (PAD, bos)).argmax(-1)
+        best, token = next_token_logprobs(logits, _banned(t, min_len, bos, eos)).max(-1)
         out[active, t] = token
-        going = token != eos
+        logprob[active] += best
+        going = (token != eos) & (limits[active] > t + 1)
         if not going.all():  # finished sentences leave the batch
             keep = going.nonzero().squeeze(1)
             if not len(keep):
@@ -83,7 +207,10 @@ def greedy(
             active, token = active[keep], token[keep]
             memory, src_mask, state = _select((memory, src_mask, state), keep)
         step = token[:, None]
-    return [_strip(row, eos) for row in out.tolist()]
+    tokens = [_strip(row, eos) for row in out.tolist()]
+    lengths = [min(len(t) + 1, int(n)) for t, n in zip(tokens, limits.tolist(), strict=True)]
+    scores = [s / length_penalty(n, alpha) for s, n in zip(logprob.tolist(), lengths, strict=True)]
+    return tokens, scores
 
 
 @torch.inference_mode()
@@ -93,9 +220,10 @@ def beam_search(
     src_mask: Tensor,
     *,
     beam_size: int = 5,
-    max_len: int | None = None,
+    max_len: int | Tensor | None = None,
     alpha: float = 0.6,
     n_best: int = 1,
+    min_len: int = 0,
     bos: int = BOS,
     eos: int = EOS,
 ) -> list[list[Hypothesis]]:
@@ -104,11 +232,13 @@ def beam_search(
     As in fairseq, a hypothesis ends when EOS ranks among the `beam_size` best candidates.
     A sentence is done once it has `beam_size` ended hypotheses and no live one scores better
     at the present length (Hugging Face's `early_stopping=False`), so `beam_size=1` is exactly
-    greedy search. Scores are length-normalized with the GNMT penalty `alpha`.
+    greedy search; or when it reaches its `max_len` (one int or one per sentence (B,)), where
+    its live hypotheses end without EOS. Scores are length-normalized with the GNMT penalty
+    `alpha`. EOS is banned before `min_len` tokens.
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best={n_best} must be between 1 and beam_size={beam_size}")
-    max_len = max_len or default_max_len(src_mask)
+    limits = _limits(max_len, src_mask)
     b, k = src.shape[0], beam_size
     memory = net.encode(src, src_mask)
     state = tree_map(lambda t: t.repeat_interleave(k, 0), net.init_state(memory, src_mask))
@@ -119,11 +249,11 @@ def beam_search(
     history = torch.full((b * k, 1), bos, dtype=torch.long, device=src.device)
     ended: list[list[Hypothesis]] = [[] for _ in range(b)]
     active = torch.arange(b, device=src.device)  # sentences still being searched
-    for t in range(max_len):
+    for t in range(int(limits.max())):
         n = len(active)
         rows = torch.arange(n, device=src.device)[:, None] * k
         logits, state = net.decode(history[:, -1:], memory, src_mask, state)
-        logp = next_token_logprobs(logits, (PAD, bos))  # (N*K, V)
+        logp = next_token_logprobs(logits, _banned(t, min_len, bos, eos))  # (N*K, V)
         vocab = logp.shape[-1]
         cand_scores, cand = (scores.view(-1, 1) + logp).view(n, k * vocab).topk(2 * k, dim=1)
         beam, token = cand // vocab, cand % vocab  # (N, 2K)
@@ -142,14 +272,20 @@ def beam_search(
         index = (rows + beam.gather(1, alive)).view(-1)
         history = torch.cat([history[index], token.gather(1, alive).view(-1, 1)], dim=1)
         state = net.reorder_state(state, index)
+        full = going & (limits[active] <= t + 1)
+        if full.any():  # out of room: their live hypotheses end here, without EOS
+            s = full.nonzero().squeeze(1)
+            live = (rows[s] + torch.arange(k, device=src.device)).view(-1)
+            _finish(ended, active[s].repeat_interleave(k), live, scores[s].view(-1), history,
+                    t + 1, alpha, k)  # fmt: skip
+            going &= ~full
+            if not going.any():
+                break
         if not going.all():  # finished sentences leave the batch
             keep = going.nonzero().squeeze(1)
             active, scores = active[keep], scores[keep]
             keep = (rows[keep] + torch.arange(k, device=src.device)).view(-1)
             history, memory, src_mask, state = _select((history, memory, src_mask, state), keep)
-    else:  # out of room: the hypotheses still alive end here, without EOS
-        i = active.repeat_interleave(k)
-        _finish(ended, i, torch.arange(len(i)), scores.view(-1), history, max_len, alpha, k)
     return [e[:n_best] for e in ended]
 
 

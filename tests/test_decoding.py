@@ -173,3 +173,26 @@ def test_beam_search_goes_on_while_a_live_hypothesis_beats_the_ended_ones(alpha)
     (hyps,) = beam_search(net, src, mask, beam_size=2, n_best=2, max_len=6, alpha=alpha)
     assert [h.tokens for h in hyps] == [[A, C, E], [B]]
     assert hyps[0].score == pytest.approx(math.log(0.9 * 0.95) / length_penalty(4, alpha), abs=1e-5)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+@pytest.mark.parametrize("limits", [None, [2, 5, 3, 7]])
+def test_each_sentence_has_its_own_length_limit(search, limits):
+    """With the default limit (1.5 × the source + 10) or one limit per sentence, a sentence
+    decodes as it would alone: its limit never comes from a longer batch-mate."""
+    net = peaked(3)
+    net.eos_bias = -100.0  # never ends: every output runs to its limit
+    src, mask = sources(3)
+
+    def run(s, m, max_len):
+        if search == "greedy":
+            return greedy(net, s, m, max_len=max_len)
+        return [h[0].tokens for h in beam_search(net, s, m, beam_size=3, max_len=max_len)]
+
+    together = run(src, mask, None if limits is None else torch.tensor(limits))
+    for i in range(len(src)):
+        n = int(mask[i].sum())
+        limit = int(n * 1.5) + 10 if limits is None else limits[i]
+        assert len(together[i]) == limit
+        alone = run(src[i : i + 1, :n], mask[i : i + 1, :n], None if limits is None else limit)
+        assert alone[0] == together[i]
