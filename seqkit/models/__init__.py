@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
+from seqkit.models.patches import ImageSource, patch_embedding
 from seqkit.models.rnn import RNNConfig, RNNSeq2Seq
 from seqkit.models.transformer import Transformer, TransformerConfig
 from seqkit.models.vit import ReaderConfig, RecurrentReader, ViT, ViTConfig
@@ -24,12 +25,42 @@ MODELS: dict[type, type[nn.Module]] = {
     ViTConfig: ViT,
     ReaderConfig: RecurrentReader,
 }
+MODEL_TYPES: dict[str, type] = {
+    "transformer": TransformerConfig,
+    "rnn": RNNConfig,
+    "vit": ViTConfig,
+    "recurrent-reader": ReaderConfig,
+}
+"""The `model_type` a model directory's config.json names -> its config class."""
+# Fields that configs had before an image source became an `ImageSource` of its own.
+LEGACY_SOURCE_FIELDS = ("src_patch_size", "src_channels")
 
 
-def build_model(config: ModelConfig | ImageModelConfig) -> nn.Module:
+def model_type(config: ModelConfig | ImageModelConfig) -> str:
+    """The name config.json gives `config`'s kind of model, e.g. "transformer"."""
+    return next(name for name, cls in MODEL_TYPES.items() if cls is type(config))
+
+
+def build_model(
+    config: ModelConfig | ImageModelConfig, image_source: ImageSource | None = None
+) -> nn.Module:
+    """The network `config` describes; a seq2seq network reads `image_source` when given
+    (through a linear patch embedding), token ids otherwise.
+
+    Raises:
+        TypeError: for a config that is not one of the registered ones.
+        ValueError: for an image source given to an image classifier, or missing sizes.
+    """
     if type(config) not in MODELS:
         raise TypeError(f"no seqkit model is configured by {type(config).__name__}")
-    return MODELS[type(config)](config)
+    if isinstance(config, ImageModelConfig):
+        if image_source is not None:
+            raise ValueError(f"{type(config).__name__} classifies images: it takes no source")
+        return MODELS[type(config)](config)
+    if image_source is None:
+        return MODELS[type(config)](config)
+    width = config.d_model if isinstance(config, TransformerConfig) else config.embed_dim
+    return MODELS[type(config)](config, patch_embedding(image_source.patch_dim, width))
 
 
 def config_to_dict(config: ModelConfig | ImageModelConfig) -> dict:
@@ -37,17 +68,37 @@ def config_to_dict(config: ModelConfig | ImageModelConfig) -> dict:
     return asdict(config)
 
 
+def split_legacy_source(data: dict) -> tuple[dict, dict]:
+    """A config dict without the image fields older seqkit kept in it (`src_patch_size`,
+    `src_channels`), and those fields (empty when the source is token ids)."""
+    legacy = {k: data[k] for k in LEGACY_SOURCE_FIELDS if k in data}
+    rest = {k: v for k, v in data.items() if k not in LEGACY_SOURCE_FIELDS}
+    if not legacy.get("src_patch_size"):
+        return rest, {}
+    return rest, {"patch_size": legacy["src_patch_size"], "channels": legacy["src_channels"]}
+
+
 def config_from_dict(
-    data: dict, source: str = "config", union=ModelConfig
+    data: dict, source: str = "config", union=ModelConfig, kind: str | None = None
 ) -> ModelConfig | ImageModelConfig:
-    """The one config class of `union` (ModelConfig or ImageModelConfig) that has every key
-    of `data` (all of its fields are always saved, so this is unambiguous); `source` names
-    where `data` came from in errors."""
-    keys = set(data)
-    matches = [c for c in typing.get_args(union) if keys <= {f.name for f in fields(c)}]
+    """The config of `data`: of the class `kind` names (a `MODEL_TYPES` key), else the one
+    class of `union` (ModelConfig or ImageModelConfig) that has every key of `data` (all
+    fields are always saved, so this is unambiguous). `source` names `data` in errors.
+
+    Raises:
+        ValueError: for an unknown kind, keys no config has, or values a config refuses.
+    """
+    data, _ = split_legacy_source(data)
+    if kind is not None:
+        if kind not in MODEL_TYPES:
+            raise ValueError(f"{source}: model_type {kind!r} is not one of {sorted(MODEL_TYPES)}")
+        matches = [MODEL_TYPES[kind]]
+    else:
+        keys = set(data)
+        matches = [c for c in typing.get_args(union) if keys <= {f.name for f in fields(c)}]
     if len(matches) != 1:
         known = ", ".join(c.__name__ for c in typing.get_args(union))
-        raise ValueError(f"{source}: keys {sorted(keys)} fit {len(matches)} of the model "
+        raise ValueError(f"{source}: keys {sorted(data)} fit {len(matches)} of the model "
                          f"configs ({known}); expected exactly one")  # fmt: skip
     try:
         return matches[0](**data)
@@ -56,21 +107,31 @@ def config_from_dict(
 
 
 def read_model_config(directory: str | Path, union=ModelConfig) -> tuple[dict, object]:
-    """The parsed `config.json` of a model directory and the config of `union` it holds."""
+    """The parsed `config.json` of a model directory and the config it holds, of the
+    `model_type` it names (directories written before `model_type`: the one class of `union`
+    whose fields it has).
+
+    Raises:
+        FileNotFoundError: when there is no config.json.
+        ValueError: naming the file, when it is not a seqkit model config.
+    """
     directory = Path(directory)
     path = directory / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
     try:
-        meta = json.loads(path.read_text())
-        return meta, config_from_dict(meta["config"], str(path), union)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        kind = meta.get("model_type")
+        return meta, config_from_dict(meta["config"], str(path), union, kind)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{path}: not a seqkit model config ({err})") from None
 
 
 __all__ = [
     "MODELS",
+    "MODEL_TYPES",
     "ImageModelConfig",
+    "ImageSource",
     "ModelConfig",
     "RNNConfig",
     "RNNSeq2Seq",
@@ -83,5 +144,7 @@ __all__ = [
     "build_model",
     "config_from_dict",
     "config_to_dict",
+    "model_type",
     "read_model_config",
+    "split_legacy_source",
 ]

@@ -1,16 +1,16 @@
-"""Images as sequences of patches, in pure torch: `patchify`, its inverse, and
-`image_sequence`, which turns a batch of images of different widths into a padded seq2seq
-source."""
+"""Images as sequences of patches, in pure torch: `patchify`, its inverse, `image_sequence`,
+which turns a batch of images of different widths into a padded seq2seq source, and
+`ImageSource`, everything a seq2seq model needs to read images as its source."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
-
-from seqkit.tokens import PAD
 
 Order = Literal["rows", "columns"]
 
@@ -74,37 +74,86 @@ def check_divisible(size: Sequence[int], patch_size: int, what: str) -> None:
         )
 
 
-def source_embedding(vocab_size: int, patch_size: int, channels: int, dim: int) -> nn.Module:
-    """What turns a source into vectors (B, S, dim): an embedding of token ids (B, S), or,
-    when `patch_size` > 0, a linear map of flattened image patches (B, S, channels*p*p)."""
-    if not patch_size:
-        return nn.Embedding(vocab_size, dim, padding_idx=PAD)
-    embed = nn.Linear(channels * patch_size**2, dim)
-    nn.init.normal_(embed.weight, std=embed.in_features**-0.5)  # unit variance out of unit in
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(B, C, H, W) uint8 pixels (0..255) or floats in [0, 1] -> float32, standardized."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    mean_ = torch.tensor(mean, device=x.device).view(-1, 1, 1)
+    return (x - mean_) / torch.tensor(std, device=x.device).view(-1, 1, 1)
+
+
+def patch_embedding(patch_dim: int, width: int) -> nn.Linear:
+    """A linear map of flattened patches (B, S, patch_dim) to (B, S, width), initialized so
+    that unit-variance pixels give unit-variance vectors."""
+    embed = nn.Linear(patch_dim, width)
+    nn.init.normal_(embed.weight, std=patch_dim**-0.5)
     nn.init.zeros_(embed.bias)
     return embed
 
 
-def source_mask(src: Tensor) -> Tensor:
-    """(B, S) mask, True on real positions: token ids that are not PAD, or every patch of an
-    unpadded patch batch (a padded one comes with the mask `image_sequence` returns)."""
-    if src.is_floating_point():
-        return torch.ones(src.shape[:2], dtype=torch.bool, device=src.device)
-    return src != PAD
+@dataclass(frozen=True)
+class ImageSource:
+    """How a seq2seq model reads images: cut into `patch_size` squares of `channels` channels,
+    scaled to `height` pixels (any width), standardized by the training pixels' `mean` and
+    `std` per channel, and read column by column (`image_sequence`).
 
+    Raises:
+        ValueError: when `patch_size` does not divide `height`, or the statistics do not have
+            one value per channel.
+    """
 
-def source_sizes_known(config) -> bool:
-    """Whether a seq2seq config has its target vocabulary and a source vocabulary or patches."""
-    patches = config.src_patch_size > 0 and config.src_channels > 0
-    return config.tgt_vocab_size > 0 and (patches or config.src_vocab_size > 0)
+    patch_size: int
+    """Side of the square patches, in pixels."""
+    channels: int
+    """Image channels (1 gray, 3 RGB)."""
+    height: int
+    """Image height in pixels; images of another height are scaled to it."""
+    mean: tuple[float, ...]
+    """Mean of the training pixels (0..1) per channel."""
+    std: tuple[float, ...]
+    """Standard deviation of the training pixels per channel."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.channels < 1 or not len(self.mean) == len(self.std) == self.channels:
+            raise ValueError(f"ImageSource: {self.channels} channel(s) need as many means and "
+                             f"stds, got {self.mean} and {self.std}")  # fmt: skip
+        check_divisible((self.height, self.height), self.patch_size, "ImageSource")
 
-def check_source_sizes(config) -> None:
-    """Raise unless a seq2seq config knows its source (a vocabulary, or patches and channels)
-    and target sizes: either comes from the data module when fitting starts."""
-    if not source_sizes_known(config):
-        raise ValueError(
-            f"{type(config).__name__} needs tgt_vocab_size > 0 and either src_vocab_size > 0 "
-            "(token source) or src_patch_size and src_channels > 0 (image source); fit with "
-            "data to fill them"
-        )
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened patch, C·p·p."""
+        return self.channels * self.patch_size**2
+
+    @property
+    def per_column(self) -> int:
+        """Patches in one column of the image."""
+        return self.height // self.patch_size
+
+    def cut(self, images: Tensor, widths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Images (B, C, height, W), uint8 or float in [0, 1], each right-padded from its own
+        width in `widths` (B,), as a standardized seq2seq source: patches (B, N, C·p·p) and
+        their mask (B, N)."""
+        return image_sequence(normalize(images, self.mean, self.std), widths, self.patch_size)
+
+    def restore(self, patches: Tensor) -> np.ndarray:
+        """The picture (H, W, 3) uint8 that one image's real patches (N, C·p·p), in reading
+        order, were cut from: put back in place, the standardization undone."""
+        p, c, h = self.patch_size, self.channels, self.height
+        w = len(patches) // self.per_column * p
+        x = unpatchify(patches[None].float().cpu(), p, (c, h, w), order="columns")[0]
+        x = x * torch.tensor(self.std).view(-1, 1, 1) + torch.tensor(self.mean).view(-1, 1, 1)
+        x = x.clamp(0, 1).mul(255).round().to(torch.uint8)  # (C, H, W)
+        return x.expand(3, h, w).permute(1, 2, 0).numpy() if c == 1 else x.permute(1, 2, 0).numpy()
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-ready fields (config.json, checkpoints)."""
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "image_source") -> ImageSource:
+        """Inverse of `to_dict`; `where` names the data in errors."""
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from None

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqkit.models.patches import check_source_sizes, source_embedding, source_mask
+from seqkit.models.source import check_source_sizes, source_mask
 from seqkit.tokens import PAD
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -40,12 +40,6 @@ class RNNConfig:
     """Luong's score: q·k (needs M == H, so a unidirectional encoder) or q·W·k."""
     input_feeding: bool = False
     """Feed the previous attentional state back as decoder input (Luong et al., 2015)."""
-    src_patch_size: int = 0
-    """0: the source is token ids. p > 0: the source is images read as p×p patches
-    (`image_sequence`), embedded by a linear layer instead of the token embedding, and
-    src_vocab_size is unused. An image data module sets it when fitting starts."""
-    src_channels: int = 0
-    """Channels of source images; 0 takes them from an image data module."""
     embed_dim: int = 256
     """Width of token embeddings."""
     hidden_size: int = 512
@@ -107,15 +101,19 @@ class RNNSeq2Seq(nn.Module):
     otherwise (Bahdanau attention, input feeding). Its decoding state is its recurrent state.
     """
 
-    def __init__(self, config: RNNConfig) -> None:
+    def __init__(self, config: RNNConfig, src_embed: nn.Module | None = None) -> None:
+        """`src_embed` maps a source (B, S, ...) to (B, S, embed_dim), e.g. the patch embedding
+        of an image source (`build_model`); default: an embedding of `src_vocab_size` tokens."""
         super().__init__()
         c = self.config = config
-        check_source_sizes(c)
+        check_source_sizes(c, src_embed)
         h, m = c.hidden_size, c.hidden_size * (2 if c.bidirectional else 1)
         cell = CELLS[c.cell]
         between = c.dropout if c.n_layers > 1 else 0.0
-        self.src_embed = source_embedding(
-            c.src_vocab_size, c.src_patch_size, c.src_channels, c.embed_dim
+        self.src_embed = (
+            src_embed
+            if src_embed is not None
+            else nn.Embedding(c.src_vocab_size, c.embed_dim, padding_idx=PAD)
         )
         self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.embed_dim, padding_idx=PAD)
         self.dropout = nn.Dropout(c.dropout)

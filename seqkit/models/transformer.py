@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seqkit.models.patches import check_source_sizes, source_embedding, source_mask
+from seqkit.models.source import check_source_sizes, source_mask
 from seqkit.tokens import PAD
 
 KVCache = tuple[Tensor, Tensor]  # (B, H, T, Dh) keys and values
@@ -28,12 +28,6 @@ class TransformerConfig:
     """Source vocabulary size; 0 takes it from the data module when fitting starts."""
     tgt_vocab_size: int = 0
     """Target vocabulary size; 0 takes it from the data module when fitting starts."""
-    src_patch_size: int = 0
-    """0: the source is token ids. p > 0: the source is images read as p×p patches
-    (`image_sequence`), embedded by a linear layer instead of the token embedding, and
-    src_vocab_size is unused. An image data module sets it when fitting starts."""
-    src_channels: int = 0
-    """Channels of source images; 0 takes them from an image data module."""
     d_model: int = 512
     """Width of every token representation."""
     n_heads: int = 8
@@ -67,8 +61,6 @@ class TransformerConfig:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.share_embeddings and self.src_patch_size:
-            raise ValueError("share_embeddings needs a token source, not src_patch_size > 0")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 "share_embeddings needs one joint vocabulary, got "
@@ -216,12 +208,18 @@ class Transformer(nn.Module):
     `state = net.reorder_state(state, index)` for beam search.
     """
 
-    def __init__(self, config: TransformerConfig) -> None:
+    def __init__(self, config: TransformerConfig, src_embed: nn.Module | None = None) -> None:
+        """`src_embed` maps a source (B, S, ...) to (B, S, d_model), e.g. the patch embedding
+        of an image source (`build_model`); default: an embedding of `src_vocab_size` tokens."""
         super().__init__()
         c = self.config = config
-        check_source_sizes(c)
-        self.src_embed = source_embedding(
-            c.src_vocab_size, c.src_patch_size, c.src_channels, c.d_model
+        check_source_sizes(c, src_embed)
+        if src_embed is not None and c.share_embeddings:
+            raise ValueError("share_embeddings needs a token source, not an image source")
+        self.src_embed = (
+            src_embed
+            if src_embed is not None
+            else nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=PAD)
         )
         share = c.share_embeddings
         self.tgt_embed = (
