@@ -36,12 +36,13 @@ def write_user_data(directory: Path, pairs: int, seed: int) -> Path:
 
 
 def scores(model_dir: Path, src: Path, ref: Path) -> dict:
-    from seqkit import Seq2Seq
+    from seqkit import DecodingConfig, Translator
     from seqkit.data.sources import read_lines
     from seqkit.metrics import translation_scores
 
-    model = Seq2Seq.from_pretrained(model_dir)
-    return translation_scores(model.translate(read_lines(src), beam_size=5), read_lines(ref))
+    translator = Translator.from_pretrained(model_dir)
+    hyps = translator.translate(read_lines(src), DecodingConfig(beam_size=5))
+    return translation_scores(hyps, read_lines(ref))
 
 
 def main() -> None:

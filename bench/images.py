@@ -58,22 +58,22 @@ def fit(recipe: Path, run_dir: Path) -> tuple[Path, dict]:
 
 
 def inference(recipe: Path, model_dir: Path) -> dict:
-    """Images/s of `model.predict` over the recipe's test split."""
-    from seqkit import Classifier, DigitStripData, ImageData, Seq2Seq
+    """Images/s of `Translator.read` / `Labeler.predict` over the recipe's test split."""
+    from seqkit import DigitStripData, ImageData, Labeler, Translator
 
     data_args = yaml.safe_load(recipe.read_text())["data"]["init_args"]
     if "n_train" in data_args:  # digit strips: images of different widths -> text
         data = DigitStripData(**data_args)
         images = data.strip_images("test", list(range(len(data.strips_of("test")[1]))))
-        model = Seq2Seq.from_pretrained(model_dir)
+        predict = Translator.from_pretrained(model_dir).read
     else:
         data = ImageData(**data_args)
         data.setup()
         images = data._loaded().images[data.split_indices("test")].numpy()
-        model = Classifier.from_pretrained(model_dir)
-    model.predict(images[:8])  # warm-up
+        predict = Labeler.from_pretrained(model_dir).predict
+    predict(images[:8])  # warm-up
     start = time.perf_counter()
-    model.predict(images)
+    predict(images)
     seconds = time.perf_counter() - start
     return {"test_images": len(images), "infer_images_per_sec": len(images) / seconds}
 

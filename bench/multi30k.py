@@ -65,15 +65,17 @@ def training_figures(model_dir: Path) -> dict:
 
 def score(model_dir: Path, args: argparse.Namespace) -> dict:
     """Beam-search the test set and score it."""
-    from seqkit import Seq2Seq
+    from dataclasses import replace
+
+    from seqkit import Translator
     from seqkit.data.sources import read_lines
     from seqkit.metrics import paper_bleu, translation_scores
 
-    model = Seq2Seq.from_pretrained(model_dir)
+    translator = Translator.from_pretrained(model_dir)
     sources = read_lines(args.data / f"test_2016_flickr.{args.src}.gz")
     refs = read_lines(args.data / f"test_2016_flickr.{args.tgt}.gz")
     start = time.perf_counter()
-    hyps = model.translate(sources, beam_size=args.beam)
+    hyps = translator.translate(sources, replace(translator.decoding, beam_size=args.beam))
     decode_s = time.perf_counter() - start
     scores = translation_scores(hyps, refs)
     return {

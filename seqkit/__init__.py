@@ -1,20 +1,40 @@
-"""seqkit: sequence models (RNN, GRU, LSTM, Transformer, ViT) on Lightning and Hugging Face data."""
+"""seqkit: sequence models (RNN, GRU, LSTM, Transformer, ViT) on Lightning and Hugging Face data.
 
-from seqkit.data import NumberWordsData, TranslationData
-from seqkit.data.patches import ImageData
-from seqkit.data.strips import DigitStripData
-from seqkit.lit.classifier import Classifier
-from seqkit.lit.optim import OptimizerConfig
-from seqkit.lit.seq2seq import DecodingConfig, Seq2Seq
-from seqkit.models import ReaderConfig, RNNConfig, TransformerConfig, ViTConfig
+Names are imported when first used (PEP 562): `import seqkit` is cheap, and translating with
+a `Translator` never loads Lightning, `datasets` or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+_WHERE = {
+    "Classifier": "seqkit.lit.classifier",
+    "DecodingConfig": "seqkit.decoding",
+    "DigitStripData": "seqkit.data.strips",
+    "ImageData": "seqkit.data.patches",
+    "ImageSource": "seqkit.models.patches",
+    "Labeler": "seqkit.labeler",
+    "NumberWordsData": "seqkit.data.numbers",
+    "OptimizerConfig": "seqkit.lit.optim",
+    "RNNConfig": "seqkit.models.rnn",
+    "ReaderConfig": "seqkit.models.vit",
+    "Seq2Seq": "seqkit.lit.seq2seq",
+    "TransformerConfig": "seqkit.models.transformer",
+    "TranslationData": "seqkit.data.translation",
+    "Translator": "seqkit.translator",
+    "ViTConfig": "seqkit.models.vit",
+}
 __all__ = [
     "Classifier",
     "DecodingConfig",
     "DigitStripData",
     "ImageData",
+    "ImageSource",
+    "Labeler",
     "NumberWordsData",
     "OptimizerConfig",
     "RNNConfig",
@@ -22,5 +42,26 @@ __all__ = [
     "Seq2Seq",
     "TransformerConfig",
     "TranslationData",
+    "Translator",
     "ViTConfig",
 ]
+
+if TYPE_CHECKING:
+    from seqkit.data.numbers import NumberWordsData
+    from seqkit.data.patches import ImageData
+    from seqkit.data.strips import DigitStripData
+    from seqkit.data.translation import TranslationData
+    from seqkit.decoding import DecodingConfig
+    from seqkit.labeler import Labeler
+    from seqkit.lit.classifier import Classifier
+    from seqkit.lit.optim import OptimizerConfig
+    from seqkit.lit.seq2seq import Seq2Seq
+    from seqkit.models import ReaderConfig, RNNConfig, TransformerConfig, ViTConfig
+    from seqkit.models.patches import ImageSource
+    from seqkit.translator import Translator
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'seqkit' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seqkit.lit.seq2seq import load_checkpoint
+from seqkit.lit.cli import load_checkpoint, pretrained
 
 RESUME_STATE = ("optimizer_states", "lr_schedulers", "callbacks")
 """Dropped from the average, as Lightning's `save_weights_only` does: it is for evaluation and
@@ -173,7 +173,7 @@ def write(checkpoint: dict, out: str | Path) -> str:
     # Through a file and `load_checkpoint`: the one safe (weights_only) way to a Seq2Seq.
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         torch.save(checkpoint, Path(tmp) / "averaged.ckpt")
-        load_checkpoint(Path(tmp) / "averaged.ckpt").save_pretrained(out)
+        pretrained(load_checkpoint(Path(tmp) / "averaged.ckpt")).save_pretrained(out)
     return f"model written to {out}\n  translate: seqkit translate --model {out} < src.txt"
 
 

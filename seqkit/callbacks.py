@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import struct
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,8 +18,6 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from seqkit.data.batching import pad
-from seqkit.decoding import default_max_len, greedy
-from seqkit.models.patches import unpatchify
 from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
 
 
@@ -115,7 +111,7 @@ class _ValidationSamples(L.Callback):
         if sources[0] is None:  # image patches: show the images they were cut from
             src = pad_sequence([r[0] for r in rows], batch_first=True)  # (B, N, P)
             src_mask = torch.arange(src.shape[1]) < torch.tensor([len(r[0]) for r in rows])[:, None]
-            sources = [source_picture(r[0], pl_module.config, pl_module.image_source) for r in rows]
+            sources = [pl_module.image_source.restore(r[0]) for r in rows]
         else:
             src = pad([ids for ids, _, _ in rows])
             src_mask = src != PAD
@@ -161,7 +157,8 @@ class TranslationSamples(_ValidationSamples):
         super().__init__(n)
 
     def log_samples(self, trainer, pl_module, src, src_mask, sources, references) -> None:
-        hyps = pl_module.generate(src, beam_size=1, src_mask=src_mask)
+        greedy = pl_module.decoding.as_greedy()  # as validation decodes
+        hyps = [t.text for t in pl_module.translator.generate(src, src_mask, greedy)]
         epoch, step = trainer.current_epoch, trainer.global_step
         images = isinstance(sources[0], np.ndarray)
         for logger in trainer.loggers:
@@ -239,26 +236,29 @@ class AttentionMaps(_ValidationSamples):
         self, pl_module, src: Tensor, src_mask: Tensor, sources: list, references: list[str]
     ) -> tuple[list[np.ndarray], list[str]] | None:
         """RGB heat maps and captions, or None (with a warning) for a model without attention."""
-        net, tokenizers = pl_module.net, pl_module.tokenizers
-        max_len = default_max_len(src_mask)
-        max_len = min(max_len, getattr(pl_module.config, "max_positions", max_len))
-        hyps = greedy(net, src, src_mask, max_len=max_len)
-        # The tokens predicted: EOS too, unless the hypothesis ran into max_len.
-        outputs = [[*hyp, EOS] if len(hyp) < max_len else hyp for hyp in hyps]
+        translator = pl_module.translator
+        nbest, limits = translator.search(src, src_mask, translator.decoding.as_greedy())
+        hyps = [n[0].tokens for n in nbest]
+        # The tokens predicted: EOS too, unless the hypothesis ran into its limit.
+        outputs = [
+            [*h, EOS] if len(h) < n else h for h, n in zip(hyps, limits.tolist(), strict=True)
+        ]
         tgt = pad([[BOS, *out[:-1]] for out in outputs]).to(src.device)
         try:
-            weights = net.cross_attention(src, src_mask, tgt).detach().float().cpu().numpy()
+            weights = (
+                translator.net.cross_attention(src, src_mask, tgt).detach().float().cpu().numpy()
+            )
         except ValueError as err:
             self._warn(f"{err}; no attention maps are logged")
             return None
-        patch_size = pl_module.config.src_patch_size
+        tokenizers, source = translator.tokenizers, translator.image_source
         images, captions = [], []
         for i, (out, text) in enumerate(zip(outputs, tokenizers.decode_target(hyps), strict=True)):
             tgt_labels = token_labels(tokenizers.target, out)
             n = int(src_mask[i].sum())
             grid = weights[i, : len(tgt_labels), :n]
-            if patch_size:  # sum each column of patches (they run top to bottom)
-                per_column = pl_module.image_source["height"] // patch_size
+            if source is not None:  # sum each column of patches (they run top to bottom)
+                per_column = source.per_column
                 grid = grid.reshape(len(tgt_labels), n // per_column, per_column).sum(-1)
                 columns = [str(c) for c in range(grid.shape[1])]
                 images.append(render_attention(grid, columns, tgt_labels, "patch column"))
@@ -306,39 +306,13 @@ def render_attention(
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """A PNG file of an RGB uint8 image (H, W, 3), written without an imaging library."""
-    h, w, _ = image.shape
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), image.reshape(h, -1)], axis=1)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    idat = zlib.compress(rows.tobytes())  # each row starts with filter type 0
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-
-
-def source_picture(patches: Tensor, config, source: dict) -> np.ndarray:
-    """The image (H, W, 3) uint8 that a seq2seq model with an image source read as `patches`
-    (N, C*p*p), its real patches in reading order (`image_sequence`): they are put back in
-    place and the training normalization in `source` is undone."""
-    p, c, h = config.src_patch_size, config.src_channels, source["height"]
-    w = len(patches) // (h // p) * p
-    x = unpatchify(patches[None].float().cpu(), p, (c, h, w), order="columns")[0]  # (C, H, W)
-    mean = torch.tensor(source["mean"]).view(-1, 1, 1)
-    x = x * torch.tensor(source["std"]).view(-1, 1, 1) + mean
-    x = x.clamp(0, 1).mul(255).round().to(torch.uint8)
-    return x.expand(3, h, w).permute(1, 2, 0).numpy() if c == 1 else x.permute(1, 2, 0).numpy()
-
-
 def _write_pngs(folder: Path, names: list[str], images: list[np.ndarray]) -> None:
+    from PIL import Image
+
     for name, image in zip(names, images, strict=True):
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png_bytes(image))
+        Image.fromarray(image).save(path, format="PNG")
 
 
 def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -1,7 +1,9 @@
-"""The README.md model card written beside an exported model."""
+"""The README.md model card written beside an exported model, as a Hugging Face `ModelCard`
+whose metadata (`ModelCardData`) the Hub's own code validates."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -14,32 +16,33 @@ METRICS = {
     "loss": "loss",
     "accuracy": "accuracy",
 }
-
+DATA_PATH_KEYS = ("path", "mix_with")  # provenance keys that may hold a local path
 
 USES = {  # pipeline tag: how to use the model
     "translation": [
         "```python",
-        "from seqkit import Seq2Seq",
-        'model = Seq2Seq.from_pretrained("THIS_DIRECTORY")',
-        'print(model.translate(["..."], beam_size=5))',
+        "from seqkit import Translator",
+        'translator = Translator.from_pretrained("THIS_DIRECTORY")',
+        'print(translator.translate(["..."]))',
         "```",
         "",
-        "`seqkit translate --model THIS_DIRECTORY < source.txt > translations.txt`",
+        "`seqkit translate --model THIS_DIRECTORY < source.txt > translations.txt`, or",
+        "`seqkit serve --model THIS_DIRECTORY` for an HTTP API.",
     ],
     "image-to-text": [
         "```python",
-        "from seqkit import Seq2Seq",
-        'model = Seq2Seq.from_pretrained("THIS_DIRECTORY")',
-        'print(model.predict(["strip.png"]))  # files, arrays or tensors, of any width',
+        "from seqkit import Translator",
+        'translator = Translator.from_pretrained("THIS_DIRECTORY")',
+        'print(translator.read(["strip.png"]))  # files, arrays or tensors, of any width',
         "```",
         "",
         "`seqkit predict --model THIS_DIRECTORY strip1.png strip2.png`",
     ],
     "image-classification": [
         "```python",
-        "from seqkit import Classifier",
-        'model = Classifier.from_pretrained("THIS_DIRECTORY")',
-        'print(model.predict(["image.png"]))  # files, arrays or tensors',
+        "from seqkit import Labeler",
+        'labeler = Labeler.from_pretrained("THIS_DIRECTORY")',
+        'print(labeler.predict(["image.png"]))  # files, arrays or tensors',
         "```",
         "",
         "`seqkit predict --model THIS_DIRECTORY image1.png image2.png`",
@@ -47,7 +50,25 @@ USES = {  # pipeline tag: how to use the model
 }
 
 
-def _describe(config: dict[str, Any]) -> tuple[str, str, str]:
+def data_name(path: str | None) -> str | None:
+    """How a model card names training data: a Hugging Face dataset name as it is, a local
+    file or directory by its own name only (never the absolute path of the machine it was
+    trained on)."""
+    if not path:
+        return path
+    local = Path(path).expanduser()
+    if local.is_absolute() or local.exists() or path.startswith((".", "~")):
+        return local.resolve().name if local.exists() else local.name
+    return path
+
+
+def public_data(data: dict[str, Any]) -> dict[str, Any]:
+    """Training-data provenance with local paths reduced to file or directory names."""
+    return {k: data_name(v) if k in DATA_PATH_KEYS and isinstance(v, str) else v
+            for k, v in data.items()}  # fmt: skip
+
+
+def _describe(config: dict[str, Any], image_source: dict | None) -> tuple[str, str, str]:
     """The model's name, its pipeline tag, and what it reads and writes."""
     if "num_classes" in config:  # an image classifier
         family = "ViT" if "d_model" in config else f"{config['cell'].upper()} image reader"
@@ -58,32 +79,38 @@ def _describe(config: dict[str, Any]) -> tuple[str, str, str]:
     if config.get("attention", "none") != "none":
         family += f" + {config['attention'].capitalize()} attention"
     target = f"{config['tgt_vocab_size']:,} target tokens"
-    if config.get("src_patch_size"):
-        p = config["src_patch_size"]
+    if image_source:
+        p = image_source["patch_size"]
         return family, "image-to-text", f"images in {p}×{p} patches → {target}"
     return family, "translation", f"{config['src_vocab_size']:,} source tokens → {target}"
 
 
-def model_card(config: dict[str, Any], net: nn.Module, meta: dict[str, Any]) -> str:
-    """Markdown with a YAML header: what the model is, what it was trained on, by which
-    recipe, what it scored, and how to use it. `meta` holds the optional keys "data",
-    "recipe", "init_from", "steps" and "metrics" that training recorded."""
-    family, task, io = _describe(config)
-    data = meta.get("data") or {}
+def model_card(
+    config: dict[str, Any], net: nn.Module, meta: dict[str, Any], image_source: dict | None = None
+):
+    """A `huggingface_hub.ModelCard`: validated metadata (library, task, languages, datasets,
+    tags) and Markdown saying what the model is, what it was trained on, by which recipe,
+    what it scored, and how to use it. `meta` holds the optional keys "data", "recipe",
+    "init_from", "steps", "averaged_from" and "metrics" that training recorded."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    family, task, io = _describe(config, image_source)
+    data = public_data(meta.get("data") or {})
     src, tgt = data.get("src_lang"), data.get("tgt_lang")
     pair = f" {src}→{tgt}" if src and tgt else ""
     n_params = sum(p.numel() for p in net.parameters())
     metrics = meta.get("metrics") or {}
-
-    header = ["---", "library_name: seqkit", f"pipeline_tag: {task}"]
-    if src and tgt:
-        header += ["language:", f"- {src}", f"- {tgt}"]
-    header += ["tags:", "- seqkit", f"- {family.split()[0].lower()}", "---", ""]
-    lines = [*header, f"# seqkit {family}{pair}", ""]
-    lines += ["## Model", "", f"- {n_params:,} parameters; {io}"]
+    card_data = ModelCardData(
+        library_name="seqkit",
+        pipeline_tag=task,
+        language=[src, tgt] if src and tgt else None,
+        datasets=[data["path"]] if data.get("path") else None,
+        tags=["seqkit", family.split()[0].lower()],
+    )
+    lines = [f"# seqkit {family}{pair}", "", "## Model", "", f"- {n_params:,} parameters; {io}"]
     lines += [f"- `{key}`: {value}" for key, value in config.items() if "vocab_size" not in key]
     if meta.get("init_from"):
-        lines.append(f"- fine-tuned from `{meta['init_from']}`")
+        lines.append(f"- fine-tuned from `{data_name(str(meta['init_from']))}`")
     if meta.get("steps"):
         lines.append(f"- trained for {meta['steps']:,} optimizer steps")
     if averaged := meta.get("averaged_from"):
@@ -102,4 +129,5 @@ def model_card(config: dict[str, Any], net: nn.Module, meta: dict[str, Any]) -> 
             lines.append(f"| {split} | {METRICS.get(name, name)} | {value:.4g} |")
         lines.append("")
     lines += ["## Use", "", *USES[task], ""]
-    return "\n".join(lines)
+    # ModelCard parses the YAML header back and refuses metadata that is not valid.
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))

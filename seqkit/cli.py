@@ -1,17 +1,19 @@
-"""The `seqkit` command: LightningCLI's fit/validate/test/predict; translate, evaluate, export."""
+"""The `seqkit` command: LightningCLI's fit/validate/test/predict (`seqkit.lit.cli`, imported
+only for them); translate, evaluate, serve, predict, export and average, which load a model
+directory without Lightning."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, TextIO
 
-import lightning as L
-import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+if TYPE_CHECKING:
+    from seqkit.translator import Translation, Translator
 
 USAGE = """usage: seqkit COMMAND [options]
 
@@ -24,168 +26,168 @@ Training (LightningCLI; `seqkit COMMAND --help` lists every option):
              into LOG_DIR/predictions.txt
 
 Using trained models:
+  translate  translate lines as they come: seqkit translate --model DIR < src.txt > hyp.txt
+  evaluate   sacreBLEU and chrF: seqkit evaluate --model DIR --src test.en.gz --ref test.de.gz
+  serve      an HTTP API: seqkit serve --model DIR [--host 127.0.0.1] [--port 8000]
   predict    label or read image files: seqkit predict --model DIR a.png b.png
   export     write a checkpoint as a model directory: seqkit export CKPT DIR
   average    average checkpoints: seqkit average --last 5 RUN_DIR/checkpoints --out DIR
-  translate  translate lines: seqkit translate --model DIR < src.txt > hyp.txt
-  evaluate   sacreBLEU and chrF: seqkit evaluate --model DIR --src test.en.gz --ref test.de.gz
 """
-
-
-class SaveConfig(SaveConfigCallback):
-    """Writes config.yaml beside the logs and gives the resolved config to W&B runs."""
-
-    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                config = self.parser.dump(self.config, skip_none=False, format="json")
-                logger.experiment.config.update({"recipe": json.loads(config)})
-
-
-class SeqkitCLI(LightningCLI):
-    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it, whose
-    `predict` writes the translations in the data's order, and whose `--wandb PROJECT` logs
-    the run to Weights & Biases with sample translations and attention maps."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--wandb",
-            type=str | None,
-            default=None,
-            help="Also log to this Weights & Biases project: metrics, the resolved config, "
-            "sample translations and attention maps every validation (WANDB_MODE=offline "
-            "works without an account)",
-        )
-        parser.add_argument(
-            "--wandb_log_model",
-            type=bool | Literal["all"],
-            default=False,
-            help="With --wandb: upload the best checkpoint (true) or every one (all) as artifacts",
-        )
-
-    def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
-        project = self._get(self.config_init, "wandb")
-        if project:
-            from lightning.pytorch.loggers import WandbLogger
-
-            from seqkit.callbacks import AttentionMaps, TranslationSamples
-
-            log_model = self._get(self.config_init, "wandb_log_model")
-            # After the loggers the recipe has, so that log_dir and checkpoints stay there.
-            logger = WandbLogger(
-                project=project, log_model=log_model, save_dir=trainer.default_root_dir
-            )
-            trainer.loggers = [*trainer.loggers, logger]
-            if hasattr(self.model, "generate"):  # translation models
-                trainer.callbacks[:0] = [TranslationSamples(), AttentionMaps()]
-        return trainer
-
-    def after_fit(self) -> None:
-        trainer = self.trainer
-        if trainer.interrupted or not hasattr(self.model, "save_pretrained"):
-            return
-        callback = trainer.checkpoint_callback
-        best = callback.best_model_path if callback else ""
-        metrics = {}
-        splits = getattr(self.datamodule, "splits", None)  # image data always has a test split
-        if splits is None or "test" in splits:
-            # Testing the best checkpoint leaves its weights in self.model.
-            results = trainer.test(
-                self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True
-            )
-            metrics = {k: round(float(v), 4) for k, v in results[0].items()} if results else {}
-        # Beside the checkpoints (version_N/model), so that runs never overwrite each other.
-        run_dir = Path(best).parent.parent if best else Path(trainer.log_dir or ".")
-        recipes = self._get(self.config, "config") or []
-        if recipes:
-            self.model.provenance["recipe"] = " ".join(str(path) for path in recipes)
-        if trainer.is_global_zero:
-            out = self.model.save_pretrained(run_dir / "model", metrics=metrics)
-            text_source = not getattr(self.model.config, "src_patch_size", 1)
-            use = (
-                f"translate --model {out} < src.txt"
-                if text_source
-                else f"predict --model {out} IMAGE..."
-            )
-            print(f"\nmodel written to {out}\n  use it: seqkit {use}")
-
-    def after_predict(self) -> None:
-        """Write the translations in the data's order, gathered from every rank once."""
-        predictions = [pair for batch in self.trainer.predict_loop.predictions for pair in batch]
-        if self.trainer.world_size > 1:
-            gathered = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, predictions)
-            predictions = [pair for part in gathered for pair in part]
-        run_dir = Path(self.trainer.log_dir or ".")  # every rank: log_dir broadcasts
-        if not self.trainer.is_global_zero or not predictions:
-            return
-        rows = sorted(dict(predictions).items())  # repeated rows (evened-out ranks) count once
-        out = run_dir / "predictions.txt"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(f"{text}\n" for _, text in rows), encoding="utf-8")
-        print(f"{len(rows)} translations written to {out}")
-
-
-def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
-    """LightningCLI over every seqkit LightningModule and LightningDataModule (by class_path)."""
-    return SeqkitCLI(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_callback=SaveConfig,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
-
-
-def _read(path: str | None) -> list[str]:
-    from seqkit.data.sources import read_lines
-
-    if path is None or path == "-":
-        return read_lines(sys.stdin.buffer, name="<stdin>", allow_empty=True)
-    return read_lines(path, allow_empty=True)
-
-
-def _load(args: argparse.Namespace):
-    """The model named by --model, on --device, with --alpha applied."""
-    from seqkit.lit.seq2seq import Seq2Seq
-
-    model = Seq2Seq.from_pretrained(args.model).to(args.device)
-    if args.alpha is not None:
-        model.decoding = replace(model.decoding, alpha=args.alpha)
-    return model
+# DecodingConfig field -> the flag that sets it, so that an error names what the user typed.
+FLAGS = {"beam_size": "--beam", "n_best": "--nbest", "alpha": "--alpha",
+         "min_len": "--min-len", "max_len": "--max-len"}  # fmt: skip
+SHOWN = 10  # line numbers a warning lists
 
 
 def _decoding_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory (seqkit export)")
-    parser.add_argument("--beam", type=int, help="beam size (default: the model's, 1 = greedy)")
-    parser.add_argument("--alpha", type=float, help="length penalty exponent")
-    parser.add_argument("--max-tokens", type=int, default=4096, help="tokens per batch")
+    parser.add_argument("--beam", type=int, help="beam size, 1 = greedy (default: the model's)")
+    parser.add_argument("--nbest", type=int, help="hypotheses per input, at most --beam")
+    parser.add_argument("--alpha", type=float, help="length penalty exponent (GNMT), >= 0")
+    parser.add_argument("--min-len", type=int, help="fewest output tokens (EOS banned before)")
+    parser.add_argument(
+        "--max-len", type=int, help="most output tokens per sentence (default: 1.5 × source + 10)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Translator:
+    """The model `--model` names, on `--device`, with the decoding flags applied (validated:
+    a bad value exits with status 2 and one line naming the flag)."""
+    from seqkit.decoding import DecodingError
+    from seqkit.translator import Translator
+
+    if args.max_tokens < 1:
+        _usage_error(parser, "--max-tokens", f"must be at least 1, got {args.max_tokens}")
+    translator = Translator.from_pretrained(args.model, device=args.device)
+    given = {"beam_size": args.beam, "n_best": args.nbest, "alpha": args.alpha,
+             "min_len": args.min_len, "max_len": args.max_len}  # fmt: skip
+    try:
+        translator.decoding = replace(
+            translator.decoding, **{k: v for k, v in given.items() if v is not None}
+        )
+    except DecodingError as err:
+        _usage_error(parser, FLAGS[err.field], err.reason)
+    return translator
+
+
+def _usage_error(parser: argparse.ArgumentParser, flag: str, reason: str) -> None:
+    parser.exit(2, f"{parser.prog}: error: argument {flag}: {reason}\n")
+
+
+def _input(path: str | None):
+    from seqkit.textio import iter_lines
+
+    if path is None or path == "-":
+        return iter_lines(sys.stdin.buffer, name="<stdin>")
+    return iter_lines(path)
+
+
+class _Report:
+    """Counts what a user must hear about (to stderr) while lines stream through."""
+
+    def __init__(self, max_len: int | None) -> None:
+        self.n = 0
+        self.start = time.perf_counter()
+        self.truncated: list[int] = []
+        self.hit_limit: list[int] = []
+        self.line_breaks: list[int] = []
+        self.max_len = max_len
+
+    def add(self, translation: Translation) -> None:
+        self.n += 1
+        if translation.source_truncated:
+            self.truncated.append(self.n)
+        if translation.hit_limit:
+            self.hit_limit.append(self.n)
+        if any(_breaks(h.text) for h in translation.hypotheses):
+            self.line_breaks.append(self.n)
+
+    def progress(self, stream: TextIO) -> None:
+        seconds = time.perf_counter() - self.start
+        stream.write(f"\r{self.n:,} lines, {self.n / max(seconds, 1e-9):,.1f} sentences/s")
+        stream.flush()
+
+    def close(self, stream: TextIO, positions: int | None) -> None:
+        seconds = time.perf_counter() - self.start
+        stream.write(f"\r{self.n:,} lines translated in {seconds:.1f} s "
+                     f"({self.n / max(seconds, 1e-9):,.1f} sentences/s)\n")  # fmt: skip
+        limit = f"--max-len {self.max_len}" if self.max_len else "1.5 × the source + 10 tokens"
+        for lines, what in (
+            (self.truncated, f"source(s) longer than max_positions={positions} tokens, cut"),
+            (self.hit_limit, f"translation(s) stopped at their length limit ({limit})"),
+            (self.line_breaks, "translation(s) held line breaks, written as spaces"),
+        ):
+            if lines:
+                shown = ", ".join(map(str, lines[:SHOWN])) + (", ..." if len(lines) > SHOWN else "")
+                stream.write(f"warning: {len(lines)} {what}: line(s) {shown}\n")
+
+
+def _breaks(text: str) -> bool:
+    from seqkit.translator import one_line
+
+    return one_line(text) != text
+
+
+def _write(out: TextIO, index: int, translation: Translation, fmt: str, n_best: int) -> None:
+    """One input's output: its line (text), its n-best lines `INDEX ||| HYPOTHESIS ||| SCORE`
+    (Moses, fairseq), or one JSON object (jsonl)."""
+    from seqkit.translator import one_line
+
+    if fmt == "jsonl":
+        hyps = [{"text": h.text, "score": round(h.score, 6)} for h in translation.hypotheses]
+        record = {"index": index, "hypotheses": hyps, "hit_limit": translation.hit_limit}
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    elif n_best > 1:
+        for h in translation.hypotheses:
+            out.write(f"{index} ||| {one_line(h.text)} ||| {h.score:.4f}\n")
+    else:
+        out.write(one_line(translation.text) + "\n")
 
 
 def translate_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="seqkit translate", description="Translate plain text line by line (batched)."
+        prog="seqkit translate",
+        description="Translate plain text line by line as it comes (chunks sorted by length, "
+        "written in input order as soon as they are done): output line N belongs to input "
+        "line N; empty lines stay empty.",
     )
     _decoding_args(parser)
     parser.add_argument("--src", help="input file, .gz allowed (default: stdin)")
     parser.add_argument("--out", help="output file (default: stdout)")
+    parser.add_argument(
+        "--format",
+        choices=["text", "jsonl"],
+        default="text",
+        help="text: one line per input, or with --nbest N > 1, N lines "
+        "'INDEX ||| HYPOTHESIS ||| SCORE' (Moses/fairseq); jsonl: one JSON object per input "
+        "with its hypotheses and scores",
+    )
+    parser.add_argument("--chunk-size", type=int, default=2000, help="lines read at a time")
     args = parser.parse_args(argv)
-    model = _load(args)
-    lines = _read(args.src)
-    hyps = model.translate(lines, args.beam, args.max_tokens, progress=args.src is not None)
-    text = "".join(h + "\n" for h in hyps)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    if args.chunk_size < 1:
+        _usage_error(parser, "--chunk-size", f"must be at least 1, got {args.chunk_size}")
+    translator = _load(parser, args)
+    decoding = translator.decoding
+    report = _Report(decoding.max_len)
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    try:
+        stream = translator.translate_stream(
+            _input(args.src), max_tokens=args.max_tokens, chunk_size=args.chunk_size
+        )
+        for index, translation in enumerate(stream):
+            _write(out, index, translation, args.format, decoding.n_best)
+            report.add(translation)
+            if report.n % args.chunk_size == 0:  # a chunk is done: let readers have it
+                out.flush()
+                if sys.stderr.isatty():
+                    report.progress(sys.stderr)
+    finally:
+        out.flush()
+        if out is not sys.stdout:
+            out.close()
+    report.close(sys.stderr, translator.max_positions)
 
 
 def evaluate_main(argv: list[str]) -> None:
@@ -201,17 +203,20 @@ def evaluate_main(argv: list[str]) -> None:
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     args = parser.parse_args(argv)
     from seqkit.metrics import translation_scores
+    from seqkit.translator import one_line
 
-    sources, refs = _read(args.src), _read(args.ref)
+    sources, refs = list(_input(args.src)), list(_input(args.ref))
     if len(sources) != len(refs):
         sys.exit(
             f"seqkit evaluate: {args.src} has {len(sources)} lines but {args.ref} has "
             f"{len(refs)}; they must be aligned line by line"
         )
-    model = _load(args)
-    hyps = model.translate(sources, args.beam, args.max_tokens, progress=True)
+    if not any(line.strip() for line in sources):
+        sys.exit(f"seqkit evaluate: {args.src}: no sentences to score")
+    translator = _load(parser, args)
+    hyps = translator.translate(sources, max_tokens=args.max_tokens)
     if args.out:
-        Path(args.out).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        Path(args.out).write_text("".join(one_line(h) + "\n" for h in hyps), encoding="utf-8")
     scores = translation_scores(hyps, refs)
     if args.json:
         print(json.dumps(scores, indent=2))
@@ -225,17 +230,17 @@ def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="seqkit export",
         description="Write a training checkpoint as a self-contained model directory "
-        "(config.json, model.safetensors, tokenizer file(s)).",
+        "(config.json, model.safetensors, tokenizer file(s), README.md).",
     )
     parser.add_argument("checkpoint", help="a .ckpt file written by seqkit fit")
     parser.add_argument("directory", help="where to write the model")
     args = parser.parse_args(argv)
-    from seqkit.lit.seq2seq import load_checkpoint
+    from seqkit.lit.cli import load_checkpoint, pretrained
 
     if not Path(args.checkpoint).is_file():
         sys.exit(f"seqkit export: {args.checkpoint}: no such checkpoint file")
-    out = load_checkpoint(args.checkpoint).save_pretrained(args.directory)
-    print(f"model written to {out}")
+    out = pretrained(load_checkpoint(args.checkpoint)).save_pretrained(args.directory)
+    print(f"model written to {out.resolve()}")
 
 
 def predict_main(argv: list[str]) -> None:
@@ -251,19 +256,33 @@ def predict_main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
-    from seqkit.lit.classifier import Classifier
-    from seqkit.lit.seq2seq import Seq2Seq
+    from seqkit.decoding import DecodingError
+    from seqkit.labeler import Labeler
     from seqkit.models import ImageModelConfig, ModelConfig, read_model_config
+    from seqkit.translator import Translator, one_line
 
+    if args.batch_size < 1:
+        _usage_error(parser, "--batch-size", f"must be at least 1, got {args.batch_size}")
     _, config = read_model_config(args.model, ModelConfig | ImageModelConfig)
     if isinstance(config, ImageModelConfig):
-        model = Classifier.from_pretrained(args.model).to(args.device)
-        outputs = model.predict(args.images, batch_size=args.batch_size)
+        labeler = Labeler.from_pretrained(args.model, device=args.device)
+        outputs = labeler.predict(args.images, batch_size=args.batch_size)
     else:
-        model = Seq2Seq.from_pretrained(args.model).to(args.device)
-        outputs = model.predict(args.images, beam_size=args.beam, batch_size=args.batch_size)
+        translator = Translator.from_pretrained(args.model, device=args.device)
+        try:
+            beam = {"beam_size": args.beam} if args.beam is not None else {}
+            decoding = replace(translator.decoding, **beam)
+        except DecodingError as err:
+            _usage_error(parser, "--beam", err.reason)
+        outputs = translator.read(args.images, decoding, batch_size=args.batch_size)
     for path, output in zip(args.images, outputs, strict=True):
-        print(f"{path}\t{output}")
+        print(f"{path}\t{one_line(str(output))}")
+
+
+def serve_main(argv: list[str]) -> None:
+    from seqkit import serve
+
+    serve.main(argv)
 
 
 def average_main(argv: list[str]) -> None:
@@ -275,6 +294,7 @@ def average_main(argv: list[str]) -> None:
 TOOLS = {
     "translate": translate_main,
     "evaluate": evaluate_main,
+    "serve": serve_main,
     "export": export_main,
     "average": average_main,
 }
@@ -296,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return
-    from seqkit.data.sources import DataError
+    from seqkit.errors import DataError
 
     try:
         if args[0] in TOOLS:
@@ -304,9 +324,17 @@ def main(argv: list[str] | None = None) -> None:
         elif args[0] == "predict" and _names_model_directory(args[1:]):
             predict_main(args[1:])
         else:
+            from seqkit.lit.cli import cli_main
+
             cli_main(argv)  # None: LightningCLI reads sys.argv itself
     except (DataError, FileNotFoundError) as err:  # bad input: its message says what to fix
         sys.exit(f"seqkit {args[0]}: {err}")
+    except ValueError as err:  # a model directory or option the tools refuse, by name
+        if args[0] not in TOOLS and args[0] != "predict":
+            raise
+        sys.exit(f"seqkit {args[0]}: {err}")
+    except BrokenPipeError:  # `seqkit translate ... | head`: the reader has all it wants
+        sys.stderr.close()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from seqkit import NumberWordsData, OptimizerConfig, Seq2Seq, TransformerConfig
+from seqkit import NumberWordsData, OptimizerConfig, Seq2Seq, TransformerConfig, Translator
 from seqkit.average import average_checkpoints, last_checkpoints, main
 from seqkit.data.tokenizer import Tokenizers
-from seqkit.lit.seq2seq import load_checkpoint
+from seqkit.decoding import DecodingConfig
+from seqkit.lit.cli import load_checkpoint
 
 TINY = TransformerConfig(
     d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=64, dropout=0.0
@@ -43,10 +44,10 @@ def weights(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def outputs(model: Seq2Seq, data: NumberWordsData) -> torch.Tensor:
+def outputs(model: Seq2Seq | Translator, data: NumberWordsData) -> torch.Tensor:
     batch = next(iter(data.test_dataloader()))
     with torch.no_grad():
-        return model.eval().net(batch["src"], batch["tgt_in"])
+        return model.net.eval()(batch["src"], batch["tgt_in"])
 
 
 def test_averaging_one_checkpoint_reproduces_it(run, tmp_path):
@@ -60,7 +61,8 @@ def test_averaging_one_checkpoint_reproduces_it(run, tmp_path):
     torch.save(averaged, tmp_path / "one.ckpt")
     model, reference = load_checkpoint(tmp_path / "one.ckpt"), load_checkpoint(paths[4])
     assert torch.equal(outputs(model, data), outputs(reference, data))
-    assert model.translate(TEXTS, beam_size=2) == reference.translate(TEXTS, beam_size=2)
+    beam2 = DecodingConfig(beam_size=2)
+    assert model.translator.translate(TEXTS, beam2) == reference.translator.translate(TEXTS, beam2)
 
 
 def test_averaging_two_checkpoints_gives_the_exact_mean(run):
@@ -88,11 +90,11 @@ def test_cli_writes_a_safe_checkpoint_and_an_identical_model_directory(run, tmp_
     printed = capsys.readouterr().out
     assert "step        6" in printed and str(paths[2]) in printed and "last.ckpt" not in printed
     assert f"model written to {tmp_path / 'model'}" in printed
-    from_directory = Seq2Seq.from_pretrained(tmp_path / "model")
+    from_directory = Translator.from_pretrained(tmp_path / "model")
     sources = json.loads((tmp_path / "model/config.json").read_text())["provenance"]
     assert [s["global_step"] for s in sources["averaged_from"]] == [2, 4, 6]
     assert torch.equal(outputs(from_directory, data), outputs(from_checkpoint, data))
-    assert from_directory.translate(TEXTS) == from_checkpoint.translate(TEXTS)
+    assert from_directory.translate(TEXTS) == from_checkpoint.translator.translate(TEXTS)
     # Without optimizer state, resuming is refused instead of silently restarting AdamW.
     trainer = L.Trainer(max_steps=8, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False)  # fmt: skip

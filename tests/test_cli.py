@@ -11,7 +11,8 @@ import pytest
 import torch
 from num2words import num2words
 
-from seqkit.cli import cli_main, main
+from seqkit.cli import main
+from seqkit.lit.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = [
@@ -78,16 +79,17 @@ def test_fit_tests_and_exports_the_best_model(fitted, capsys):
 
 
 def test_translate_and_evaluate_match_the_python_api(fitted):
-    from seqkit import Seq2Seq
+    from seqkit import Translator
     from seqkit.data.sources import read_lines
+    from seqkit.decoding import DecodingConfig
     from seqkit.metrics import translation_scores
 
     model_dir = fitted / "lightning_logs/version_0/model"
-    model = Seq2Seq.from_pretrained(model_dir)
+    model = Translator.from_pretrained(model_dir)
     src = ["forty-two", "", "nine hundred and one"]
     result = seqkit("translate", "--model", str(model_dir), "--beam", "3", stdin="\n".join(src))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n") == [*model.translate(src, beam_size=3), ""]
+    assert result.stdout.split("\n") == [*model.translate(src, DecodingConfig(beam_size=3)), ""]
 
     corpus = fitted / "corpus"
     result = seqkit(
@@ -107,13 +109,13 @@ def test_translate_and_evaluate_match_the_python_api(fitted):
 
 
 def test_export_gives_the_same_model(fitted, tmp_path):
-    from seqkit import Seq2Seq
+    from seqkit import Translator
 
     checkpoint = next((fitted / "lightning_logs/version_0/checkpoints").glob("epoch=*.ckpt"))
     main(["export", str(checkpoint), str(tmp_path / "exported")])
     texts = ["seven hundred", "eleven"]
-    exported = Seq2Seq.from_pretrained(tmp_path / "exported").translate(texts)
-    best = Seq2Seq.from_pretrained(fitted / "lightning_logs/version_0/model").translate(texts)
+    exported = Translator.from_pretrained(tmp_path / "exported").translate(texts)
+    best = Translator.from_pretrained(fitted / "lightning_logs/version_0/model").translate(texts)
     assert exported == best
 
 
@@ -144,7 +146,7 @@ def test_help_lists_every_command(capsys):
 
 
 def test_test_and_predict_from_a_checkpoint(fitted, tmp_path, monkeypatch):
-    from seqkit import Seq2Seq
+    from seqkit import Translator
     from seqkit.data.sources import read_lines
 
     best = next((fitted / "lightning_logs/version_0/checkpoints").glob("epoch=*.ckpt"))
@@ -154,7 +156,7 @@ def test_test_and_predict_from_a_checkpoint(fitted, tmp_path, monkeypatch):
     cli = cli_main(["predict", *corpus_args(fitted), f"--ckpt_path={best}"])
     written = (Path(cli.trainer.log_dir) / "predictions.txt").read_text().splitlines()
     sources = read_lines(fitted / "corpus/test.en.gz")
-    model = Seq2Seq.from_pretrained(fitted / "lightning_logs/version_0/model")
+    model = Translator.from_pretrained(fitted / "lightning_logs/version_0/model")
     assert written == model.translate(sources)  # file order, every sentence once
 
 

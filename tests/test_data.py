@@ -394,3 +394,15 @@ def test_sampler_follows_the_trainer_ranks(corpus: Path, tmp_path: Path) -> None
     data.trainer = SimpleNamespace(world_size=2, global_rank=1)
     sampler = data.train_dataloader().sampler
     assert (sampler.num_replicas, sampler.rank) == (2, 1)
+
+
+def test_line_breaks_inside_training_sentences_are_reported(tmp_path: Path) -> None:
+    rows = [{"en": "two lines", "de": "zwei\nZeilen"}]
+    rows += [{"en": e, "de": d} for e, d in zip(EN[:30], DE[:30], strict=True)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    data = TranslationData(path=str(path), vocab_size=280, max_tokens=256, max_length=64,
+                           cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data.prepare_data()
+    with pytest.warns(UserWarning, match=r"1 pairs hold a line break inside a sentence \(rows 1\)"):
+        data.setup("fit")

@@ -18,7 +18,7 @@ import torch
 from ddp_fit import LONG, MAX_EPOCHS, MEDIUM, SHORT, make_data, make_trainer, write_data
 
 from seqkit.data.batching import TokenBatchSampler
-from seqkit.lit.seq2seq import load_checkpoint
+from seqkit.lit.cli import load_checkpoint
 
 SCRIPT = Path(__file__).with_name("ddp_fit.py")
 TIMEOUT_S = 240  # ~25 s on two busy cores; a hung collective fails the tests instead of CI

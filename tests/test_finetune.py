@@ -3,6 +3,7 @@ format, reusing its tokenizer; freezing; refusals."""
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,9 +13,9 @@ import torch
 from num2words import num2words
 from safetensors.torch import load_file
 
-from seqkit import Seq2Seq
-from seqkit.cli import cli_main
+from seqkit import Seq2Seq, TranslationData, Translator
 from seqkit.data.tokenizer import Tokenizers
+from seqkit.lit.cli import cli_main
 from seqkit.models import RNNConfig, TransformerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,16 +49,16 @@ def tokenizers() -> Tokenizers:
 def test_every_family_exports_and_loads_back_identically(family, tokenizers, tmp_path):
     torch.manual_seed(0)
     model = untrained(FAMILIES[family], tokenizers)
-    model.save_pretrained(tmp_path, metrics={"test/bleu": 12.5})
+    model.translator.save_pretrained(tmp_path, metrics={"test/bleu": 12.5})
     assert {p.name for p in tmp_path.iterdir()} == {
         "config.json", "model.safetensors", "tokenizer.json", "README.md",
     }  # fmt: skip
-    loaded = Seq2Seq.from_pretrained(tmp_path)
+    loaded = Translator.from_pretrained(tmp_path)
     src = torch.tensor(tokenizers.encode_source(["seven", "three hundred and one"])[1:])
     tgt = torch.tensor([[1, 40, 41, 42]])
     assert torch.equal(model.net(src, tgt), loaded.net(src, tgt))
     texts = ["seven", "three hundred and one"]
-    assert loaded.translate(texts) == model.translate(texts)
+    assert loaded.translate(texts) == model.translator.translate(texts)
     card = (tmp_path / "README.md").read_text()
     assert "library_name: seqkit" in card and "| test | sacreBLEU | 12.5 |" in card
 
@@ -90,7 +91,7 @@ def write_text_pair(directory: Path) -> Path:
 def pretrained(tokenizers, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("pretrained")
-    untrained(FAMILIES["transformer"], tokenizers).save_pretrained(directory)
+    untrained(FAMILIES["transformer"], tokenizers).translator.save_pretrained(directory)
     return directory
 
 
@@ -160,3 +161,28 @@ def test_held_out_splits_one_file_by_seed(tmp_path):
     assert len(set().union(*map(set, seen))) == len(PAIRS)  # disjoint and complete
     again = TranslationData(str(table), held_out=10).load_raw()
     assert list(again["val"]["source"]) == list(raw["val"]["source"])
+
+
+def test_the_handshake_goes_one_way_from_data_to_model(pretrained, tokenizers, tmp_path):
+    """The data module hands its tokenizer over (`model_inputs`) and never reads the model,
+    even through the trainer; fine-tuning gives it the model's tokenizer explicitly."""
+
+    class NoPeeking:
+        @property
+        def lightning_module(self):
+            raise AssertionError("the data module read the model")
+
+    data = TranslationData(path=str(write_table(tmp_path / "mine.tsv")), held_out=10,
+                           vocab_size=280, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data.trainer = NoPeeking()
+    data.use_tokenizer(str(pretrained))
+    data.prepare_data()
+    data.setup("fit")
+    inputs = data.model_inputs()
+    assert inputs.tokenizers.fingerprint() == tokenizers.fingerprint()
+    assert inputs.image_source is None and inputs.max_length == data.max_length
+    model = Seq2Seq(TransformerConfig(), init_from=str(pretrained))
+    model.use_inputs(inputs)  # what Seq2Seq.setup does with the trainer's data module
+    other = Tokenizers.train(["a b c"] * 10, ["d e f"] * 10, vocab_size=280)
+    with pytest.raises(ValueError, match="not the one this model was trained with"):
+        model.use_inputs(replace(inputs, tokenizers=other))

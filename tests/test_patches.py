@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED_DATA
 
-from seqkit.data.images import IDX_IMAGES, IDX_LABELS, load_images, normalize, read_idx
+from seqkit.data.images import IDX_IMAGES, IDX_LABELS, load_images, read_idx
 from seqkit.data.patches import ImageData
 from seqkit.data.sources import DataError
-from seqkit.models.patches import patchify, unpatchify
+from seqkit.models.patches import normalize, patchify, unpatchify
 
 
 @pytest.fixture(scope="module")

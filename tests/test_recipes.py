@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from seqkit.cli import cli_main
+from seqkit.lit.cli import cli_main
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

@@ -4,9 +4,15 @@ import lightning as L
 import pytest
 import torch
 
-from seqkit import NumberWordsData, OptimizerConfig, Seq2Seq, TransformerConfig
+from seqkit import NumberWordsData, OptimizerConfig, Seq2Seq, TransformerConfig, Translator
+from seqkit.decoding import DecodingConfig
+from seqkit.lit.cli import load_checkpoint
 from seqkit.lit.loss import label_smoothed_nll
-from seqkit.lit.seq2seq import load_checkpoint
+
+
+def beam(k: int) -> DecodingConfig:
+    return DecodingConfig(beam_size=k)
+
 
 TINY = TransformerConfig(
     d_model=64,
@@ -66,16 +72,16 @@ def test_a_tiny_model_learns_number_words(trained):
     metrics = trainer.callback_metrics
     assert float(metrics["val/loss"]) < first_loss / 4
     assert float(metrics["val/exact_match"]) >= 0.8, metrics
-    assert model.translate(["forty-two"], beam_size=3) == ["zweiundvierzig"]
+    assert model.translator.translate(["forty-two"], beam(3)) == ["zweiundvierzig"]
 
 
 def test_save_pretrained_then_load_gives_identical_outputs(trained, tmp_path):
     model, data, _, _ = trained
-    model.save_pretrained(tmp_path / "model")
+    model.translator.save_pretrained(tmp_path / "model")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in (tmp_path / "model").iterdir()
     }
-    loaded = Seq2Seq.from_pretrained(tmp_path / "model")
+    loaded = Translator.from_pretrained(tmp_path / "model")
     batch = next(iter(data.test_dataloader()))
     model.eval()
     with torch.no_grad():
@@ -83,7 +89,7 @@ def test_save_pretrained_then_load_gives_identical_outputs(trained, tmp_path):
             model.net(batch["src"], batch["tgt_in"]), loaded.net(batch["src"], batch["tgt_in"])
         )
     texts = batch["src_text"][:8]
-    assert loaded.translate(texts) == model.translate(texts)
+    assert loaded.translate(texts) == model.translator.translate(texts)
 
 
 def test_checkpoint_loads_without_unpickling(trained):
@@ -93,16 +99,18 @@ def test_checkpoint_loads_without_unpickling(trained):
     assert "tokenizers" in checkpoint
     restored = load_checkpoint(path)
     assert restored.tokenizers.fingerprint() == model.tokenizers.fingerprint()
-    assert restored.translate(["seven"], beam_size=1) == model.translate(["seven"], beam_size=1)
+    assert restored.translator.translate(["seven"], beam(1)) == model.translator.translate(
+        ["seven"], beam(1)
+    )
 
 
 def test_translate_keeps_order_and_empty_lines(trained):
     model, _, _, _ = trained
     texts = ["nine hundred and one", "", "three", "   ", "twelve"]
-    out = model.translate(texts, beam_size=2, max_tokens=16)  # forces several batches
+    out = model.translator.translate(texts, beam(2), max_tokens=16)  # forces several batches
     assert out[1] == "" and out[3] == ""
-    assert out[0] == model.translate([texts[0]], beam_size=2)[0]
-    assert out[4] == model.translate([texts[4]], beam_size=2)[0]
+    assert out[0] == model.translator.translate([texts[0]], beam(2))[0]
+    assert out[4] == model.translator.translate([texts[4]], beam(2))[0]
 
 
 def test_a_model_refuses_a_tokenizer_it_was_not_trained_with(trained, tmp_path):
@@ -146,8 +154,8 @@ def test_rnn_fits_without_a_validation_split_and_round_trips(tmp_path):
                         enable_checkpointing=False)  # fmt: skip
     trainer.fit(model, data)
     assert trainer.test(model, data)[0]["test/chrf"] >= 0
-    model.save_pretrained(tmp_path / "model")
-    loaded = Seq2Seq.from_pretrained(tmp_path / "model")
+    model.translator.save_pretrained(tmp_path / "model")
+    loaded = Translator.from_pretrained(tmp_path / "model")
     assert isinstance(loaded.config, RNNConfig)
     texts = ["three hundred and one", "seven"]
-    assert loaded.translate(texts, beam_size=3) == model.translate(texts, beam_size=3)
+    assert loaded.translate(texts, beam(3)) == model.translator.translate(texts, beam(3))

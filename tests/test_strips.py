@@ -14,18 +14,18 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from test_patches import write_mnist
 from test_wandb import wandb_records
 
-from seqkit import DigitStripData, RNNConfig, Seq2Seq, TransformerConfig, callbacks
+from seqkit import DigitStripData, RNNConfig, Seq2Seq, TransformerConfig, Translator, callbacks
 from seqkit.callbacks import AttentionMaps, TranslationSamples
 from seqkit.cli import main
-from seqkit.data.sources import DataError
 from seqkit.data.strips import number_words
-from seqkit.decoding import beam_search, greedy
+from seqkit.decoding import DecodingConfig, beam_search, greedy
+from seqkit.errors import DataError
 from seqkit.lit.optim import OptimizerConfig
 from seqkit.models import build_model
-from seqkit.models.patches import image_sequence, patchify, unpatchify
+from seqkit.models.patches import ImageSource, image_sequence, patchify, unpatchify
 from seqkit.tokens import BOS, EOS
 
-IMAGE = dict(src_patch_size=4, src_channels=1, tgt_vocab_size=12)
+IMAGE = dict(tgt_vocab_size=12)  # the source: DigitStripData's image_source
 MODELS = [
     pytest.param(TransformerConfig(d_model=16, n_heads=2, n_encoder_layers=2, n_decoder_layers=2,
                                    d_ff=32, dropout=0.0, **IMAGE), id="transformer"),
@@ -122,7 +122,7 @@ def test_augmentation_moves_digits_of_training_strips_only_and_is_seeded(data):
 @pytest.mark.parametrize("config", MODELS)
 def test_padding_never_changes_what_a_model_reads(config, data):
     torch.manual_seed(0)
-    net = build_model(config).eval()
+    net = build_model(config, data.image_source).eval()
     batch = batch_of(data, "test", list(range(16)))
     counts = batch["src_mask"].sum(1)
     short, long = int(counts.argmin()), int(counts.argmax())
@@ -143,9 +143,8 @@ def test_a_tiny_model_learns_to_read_eight_strips(data):
     torch.manual_seed(0)
     batch = batch_of(data, "train", list(range(8)))
     config = RNNConfig(cell="gru", attention="bahdanau", embed_dim=32, hidden_size=64,
-                       dropout=0.0, src_patch_size=4, src_channels=1,
-                       tgt_vocab_size=data.tokenizers.tgt_vocab_size)  # fmt: skip
-    net = build_model(config)
+                       dropout=0.0, tgt_vocab_size=data.tokenizers.tgt_vocab_size)  # fmt: skip
+    net = build_model(config, data.image_source)
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(300):
         logits = net(batch["src"], batch["tgt_in"], batch["src_mask"])
@@ -167,22 +166,23 @@ def test_fit_then_predict_on_arrays_and_files_survives_save_and_load(data, tmp_p
     trainer = L.Trainer(max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(model, data)
-    assert (model.config.src_patch_size, model.config.src_channels) == (4, 1)
-    assert model.config.src_vocab_size == 0 and model.image_source["height"] == 8
+    assert model.image_source == ImageSource(4, 1, 8, data.mean, data.std)
+    assert model.config.src_vocab_size == 0
     strips = data.strip_images("test", [0, 1, 2])
     batch = batch_of(data, "test", [0, 1, 2])
-    expected = model.eval().generate(batch["src"], 2, batch["src_mask"])
-    assert model.predict(strips, beam_size=2) == expected  # uint8 tensors of any width
-    assert model.predict([s.numpy()[0] / 255.0 for s in strips], beam_size=2) == expected
+    translator, beam2 = model.translator, DecodingConfig(beam_size=2)
+    expected = [t.text for t in translator.generate(batch["src"], batch["src_mask"], beam2)]
+    assert translator.read(strips, beam2) == expected  # uint8 tensors of any width
+    assert translator.read([s.numpy()[0] / 255.0 for s in strips], beam2) == expected
     paths = []
     for i, strip in enumerate(strips):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(strip[0].numpy()).save(paths[-1])
-    assert model.predict(paths, beam_size=2) == expected
-    directory = model.save_pretrained(tmp_path / "model")
+    assert translator.read(paths, beam2) == expected
+    directory = translator.save_pretrained(tmp_path / "model")
     assert "pipeline_tag: image-to-text" in (directory / "README.md").read_text()
-    loaded = Seq2Seq.from_pretrained(directory)
-    assert loaded.predict(paths, beam_size=2) == expected
+    loaded = Translator.from_pretrained(directory)
+    assert loaded.read(paths, beam2) == expected
     main(["predict", "--model", str(directory), "--beam", "2", *map(str, paths)])
     printed = capsys.readouterr().out.splitlines()[-3:]
     assert printed == [f"{path}\t{text}" for path, text in zip(paths, expected, strict=True)]
@@ -198,7 +198,7 @@ def test_bad_strip_settings_name_the_problem(tmp_path):
     three_classes = write_mnist(tmp_path / "mnist", n=60, classes=3)
     with pytest.raises(DataError, match="digits 0-9"):
         DigitStripData(path=str(three_classes)).setup()
-    with pytest.raises(ValueError, match="src_patch_size"):
+    with pytest.raises(ValueError, match="image source"):
         build_model(RNNConfig(tgt_vocab_size=10))
 
 
@@ -236,7 +236,7 @@ def test_samples_show_the_strips_read_and_attention_runs_over_their_columns(
         shown = np.asarray(Image.open(log_dir / row[2]))  # samples/epoch=0-step=2-i.png
         assert shown.shape == (*strip.shape[1:], 3)
         assert (shown == strip[0].numpy()[..., None]).all()  # the pixels the model read
-    assert [row[4] for row in rows] == model.predict(strips, beam_size=1)
+    assert [row[4] for row in rows] == model.translator.read(strips, DecodingConfig(beam_size=1))
     assert len(list((log_dir / "attention").glob("*.png"))) == len(grids) == 2
     for grid, strip in zip(grids, strips[:2], strict=True):  # AttentionMaps(n=2)
         assert grid.shape[1] == strip.shape[2] // data.patch_size  # one column per patch column

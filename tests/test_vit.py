@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from seqkit.cli import main
+from seqkit.labeler import Labeler
 from seqkit.lit.classifier import Classifier, format_confusion, wandb_confusion
 from seqkit.lit.optim import OptimizerConfig
 from seqkit.models.patches import patchify
@@ -145,8 +146,8 @@ def test_save_pretrained_then_from_pretrained_gives_identical_logits(tmp_path, c
     cls = ViTConfig if "d_model" in config else ReaderConfig
     model = Classifier(config=cls(**(sizes | config))).eval()
     model.class_names, model.mean, model.std = ["a", "b", "c"], [0.5], [0.25]
-    loaded = Classifier.from_pretrained(model.save_pretrained(tmp_path / "model"))
-    assert loaded.config == model.config and not loaded.training
+    loaded = Labeler.from_pretrained(model.labeler.save_pretrained(tmp_path / "model"))
+    assert loaded.config == model.config and not loaded.net.training
     assert (loaded.class_names, loaded.mean, loaded.std) == (["a", "b", "c"], [0.5], [0.25])
     x = images(4, sizes)
     torch.testing.assert_close(loaded.net(x), model.net(x), atol=0, rtol=0)
@@ -159,22 +160,23 @@ def test_predict_normalizes_arrays_and_files_with_the_stored_statistics(tmp_path
     model = classifier()
     pixels = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8)
     expected = (torch.from_numpy(pixels) / 255.0 - 0.5) / 0.25
-    labels = model.predict(pixels)
+    labeler = model.labeler
+    labels = labeler.predict(pixels)
     assert labels == [["a", "b", "c"][i] for i in model.net(expected).argmax(-1)]
-    assert model.predict(torch.from_numpy(pixels / 255.0)) == labels  # floats in [0, 1]
-    assert model.predict(list(pixels[:, 0, :, :, None])) == labels  # (H, W, C) images
+    assert labeler.predict(torch.from_numpy(pixels / 255.0)) == labels  # floats in [0, 1]
+    assert labeler.predict(list(pixels[:, 0, :, :, None])) == labels  # (H, W, C) images
     paths = []
     for i, image in enumerate(pixels[:, 0]):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
-    assert model.predict(paths) == labels
-    directory = model.save_pretrained(tmp_path / "model")
+    assert labeler.predict(paths) == labels
+    directory = labeler.save_pretrained(tmp_path / "model")
     assert "pipeline_tag: image-classification" in (directory / "README.md").read_text()
     main(["predict", "--model", str(directory), *map(str, paths)])
     printed = capsys.readouterr().out.splitlines()
     assert printed == [f"{path}\t{label}" for path, label in zip(paths, labels, strict=True)]
     with pytest.raises(ValueError, match="no network yet"):
-        Classifier().predict(pixels)
+        Classifier().labeler.predict(pixels)
 
 
 class FakeImageData(L.LightningDataModule):
@@ -213,7 +215,7 @@ def test_fit_fills_sizes_from_data_and_checkpoint_restores_predict(tmp_path, cap
     loaded = Classifier.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
     assert (loaded.class_names, loaded.mean, loaded.std) == (["a", "b", "c"], [0.5], [0.25])
     pixels = np.random.default_rng(0).random((5, 1, 8, 8))
-    assert loaded.predict(pixels) == model.predict(pixels)
+    assert loaded.labeler.predict(pixels) == model.labeler.predict(pixels)
     with pytest.raises(ValueError, match=r"model\.config\.num_classes=4 but the data has 3"):
         L.Trainer(max_steps=1, logger=False).fit(
             Classifier(config=ViTConfig(num_classes=4, **VIT)), data

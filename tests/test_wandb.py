@@ -21,7 +21,6 @@ from seqkit.callbacks import (
     AttentionMaps,
     TokensPerSecond,
     TranslationSamples,
-    png_bytes,
     render_attention,
 )
 from seqkit.models import build_model
@@ -230,18 +229,6 @@ def test_callbacks_do_nothing_without_a_logger(tmp_path):
 
 
 # -- rendering --------------------------------------------------------------------------------
-def test_png_bytes_round_trips_through_zlib():
-    image = np.random.default_rng(0).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-    png = png_bytes(image)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    assert (height, width) == (5, 7)
-    idat = png[png.index(b"IDAT") + 4 : png.index(b"IEND") - 8]  # minus IDAT's crc, IEND's size
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(5, 1 + 7 * 3)
-    assert not rows[:, 0].any()  # filter type 0 on every row
-    np.testing.assert_array_equal(rows[:, 1:].reshape(5, 7, 3), image)
-
-
 def test_render_attention_gives_an_rgb_image():
     weights = np.full((3, 4), 0.25)
     image = render_attention(weights, ["a", "b", "c", "</s>"], ["x", "y", "</s>"])
@@ -313,7 +300,7 @@ def test_rnn_without_attention_says_so():
 def test_the_wandb_flag_logs_the_resolved_recipe_and_samples(tmp_path):
     import wandb
 
-    from seqkit.cli import cli_main
+    from seqkit.lit.cli import cli_main
 
     recipe = Path(__file__).resolve().parents[1] / "recipes/transformer-numbers.yaml"
     try:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from seqkit.data.tokenizer import BOS, PAD
+from seqkit.tokens import BOS, PAD
+
+if TYPE_CHECKING:
+    import datasets
 
 Batch = dict[str, Any]
 

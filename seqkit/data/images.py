@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seqkit.data.sources import DataError
+from seqkit.errors import DataError
 
 IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # unsigned bytes, 3 and 1 dimensions
 IDX_FILE = re.compile(r"^(?P<prefix>.+)-(?P<kind>images|labels)[-.]idx[13]-ubyte(\.gz)?$")
@@ -307,13 +307,6 @@ def pixel_stats(images: Tensor) -> tuple[list[float], list[float]]:
     mean = total / n
     std = (squares / n - mean**2).clamp(min=0).sqrt()
     return mean.tolist(), [s if s > 0 else 1.0 for s in std.tolist()]
-
-
-def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """(B, C, H, W) uint8 pixels (0..255) or floats in [0, 1] -> float32, standardized."""
-    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    mean_ = torch.tensor(mean, device=x.device).view(-1, 1, 1)
-    return (x - mean_) / torch.tensor(std, device=x.device).view(-1, 1, 1)
 
 
 def load_images(

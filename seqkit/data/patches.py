@@ -17,14 +17,13 @@ from seqkit.data.images import (
     ImagePool,
     check_split_sizes,
     load_source,
-    normalize,
     pixel_stats,
     resize,
     shift_images,
     split_pool,
 )
-from seqkit.data.sources import DataError
-from seqkit.models.patches import check_divisible, patchify, unpatchify
+from seqkit.errors import DataError
+from seqkit.models.patches import check_divisible, normalize, patchify, unpatchify
 
 __all__ = ["ImageData", "patchify", "unpatchify"]
 

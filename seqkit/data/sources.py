@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import gzip
 import io
 import json
 import warnings
@@ -15,13 +14,12 @@ from typing import Any, BinaryIO
 import datasets
 import pyarrow.parquet as pq
 
+from seqkit.errors import DataError
+from seqkit.textio import iter_lines
+
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
 # Where a row of a table sits, for error messages: "file:LINE" or "file: row N".
 Locate = Callable[[int], str]
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line) and what to do."""
 
 
 def load_pairs(
@@ -84,31 +82,17 @@ def _pairs(source: list[str], target: list[str]) -> datasets.Dataset:
 def read_lines(
     source: str | Path | BinaryIO, *, name: str | None = None, allow_empty: bool = False
 ) -> list[str]:
-    """Lines of UTF-8 text, each without its `\\n` or `\\r\\n`; gunzipped if the name ends in .gz.
-
-    `source` is a path or a binary stream (e.g. `sys.stdin.buffer`; `name` labels it in
-    errors). An empty input or an empty line is a DataError unless `allow_empty` (for text to
-    translate, where blank lines stay blank).
-    """
+    """Every line of `iter_lines` (UTF-8, gunzipped if the name ends in .gz, without `\n` or
+    `\r\n`). An empty input or an empty line is a DataError unless `allow_empty` (for text
+    to translate, where blank lines stay blank)."""
     if isinstance(source, str | Path):
         label = name or str(source)
     else:
         label = name or str(getattr(source, "name", "<stream>"))
-    try:
-        raw = Path(source).read_bytes() if isinstance(source, str | Path) else source.read()
-        raw = gzip.decompress(raw) if label.endswith(".gz") else raw
-    except (OSError, EOFError) as error:  # missing file, unreadable, corrupt or truncated gzip
-        reason = getattr(error, "strerror", None) or error
-        raise DataError(f"{label}: cannot read ({reason})") from error
-    text = _utf8(raw, label)
-    if not text.strip() and not allow_empty:
-        raise DataError(f"{label}: empty file")
-    # split("\n"), not splitlines(): that would also split on \x0b, \x1c, \u2028 inside a sentence.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    lines = list(iter_lines(source, name=label))
     if not allow_empty:
+        if not any(line.strip() for line in lines):
+            raise DataError(f"{label}: empty file")
         _check_texts(lines, lambda i: f"{label}:{i + 1}")
     return lines
 

@@ -4,7 +4,6 @@ forty-two"), built deterministically by seed from a digit image source (MNIST, d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -20,19 +19,16 @@ from seqkit.data.batching import Repeat, pad, token_loader
 from seqkit.data.images import (
     ImagePool,
     check_split_sizes,
-    image_items,
-    load_images,
     load_source,
-    normalize,
     pixel_stats,
-    resize,
     shift_images,
     split_pool,
 )
+from seqkit.data.inputs import ModelInputs
 from seqkit.data.patches import TrainPixelStats
-from seqkit.data.sources import DataError
-from seqkit.data.tokenizer import BOS, Tokenizers, reused_tokenizers
-from seqkit.models.patches import check_divisible, image_sequence
+from seqkit.data.tokenizer import BOS, Tokenizers
+from seqkit.errors import DataError
+from seqkit.models.patches import ImageSource, check_divisible, image_sequence, normalize
 
 STAGES = ("train", "val", "test")
 
@@ -64,28 +60,6 @@ def make_strips(
     images[np.arange(max_digits) >= lengths[:, None]] = -1
     numbers = [int("".join(map(str, row[:k]))) for row, k in zip(digits, lengths, strict=True)]
     return images, numbers
-
-
-def source_batches(
-    images: Any, config: Any, source: dict[str, Any], batch_size: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Images to read (paths, arrays or tensors of any width, as `load_images` takes them) as
-    padded patch batches (src, src_mask) for a seq2seq `config` with an image source: each is
-    converted to the model's channels, scaled to the training height (its width rounded to
-    whole patches) and normalized with the training statistics in `source`."""
-    p, c, h = config.src_patch_size, config.src_channels, source["height"]
-    items = image_items(images)
-    for start in range(0, len(items), batch_size):
-        scaled = []
-        for item in items[start : start + batch_size]:
-            x = load_images(item, channels=c)  # (1, C, H', W')
-            w = max(p, round(x.shape[3] * h / x.shape[2] / p) * p)
-            scaled.append(normalize(resize(x, (h, w)), source["mean"], source["std"])[0])
-        widths = torch.tensor([x.shape[2] for x in scaled])
-        batch = torch.zeros(len(scaled), c, h, int(widths.max()))  # (B, C, H, W) right-padded
-        for i, x in enumerate(scaled):
-            batch[i, :, :, : x.shape[2]] = x
-        yield image_sequence(batch, widths, p)
 
 
 class _Strips(Dataset):
@@ -230,10 +204,10 @@ class DigitStripData(TrainPixelStats, L.LightningDataModule):
 
     @property
     def tokenizers(self) -> Tokenizers:
-        """The target tokenizer (as a joint pair: the source is images): given as `tokenizer`,
-        else the model's (fine-tuning), else trained on the training strips' words."""
-        if self._tokenizers is None:
-            self._tokenizers = reused_tokenizers(self.tokenizer_dir, self.trainer)
+        """The target tokenizer (as a joint pair: the source is images): read from
+        `tokenizer`, else trained on the training strips' words."""
+        if self._tokenizers is None and self.tokenizer_dir:
+            self._tokenizers = Tokenizers.load(self.tokenizer_dir)
         if self._tokenizers is None:
             words = sorted({number_words(n) for n in self.strips_of("train")[1]})
             rank_zero_info(f"Training a BPE tokenizer (vocab_size={self.vocab_size}) on "
@@ -246,12 +220,20 @@ class DigitStripData(TrainPixelStats, L.LightningDataModule):
         self._ensure_loaded()
         return self.strips[stage]
 
+    def use_tokenizer(self, directory: str) -> None:
+        """Encode targets with the tokenizer in `directory` (a fine-tuned model's)."""
+        self.tokenizer_dir, self._tokenizers = str(directory), None
+        self.hparams["tokenizer"] = self.tokenizer_dir
+
     @property
-    def image_source(self) -> dict[str, Any]:
-        """What a seq2seq model needs to read these images, then and for `predict`."""
+    def image_source(self) -> ImageSource:
+        """How a seq2seq model reads these images, in training and in `Translator.read`."""
         _, c, h, _ = self.pool.images.shape
-        return {"patch_size": self.patch_size, "channels": c, "height": h, "mean": self.mean,
-                "std": self.std}  # fmt: skip
+        return ImageSource(self.patch_size, c, h, self.mean, self.std)
+
+    def model_inputs(self) -> ModelInputs:
+        """What a seq2seq model needs from this data (`Seq2Seq.setup` reads it)."""
+        return ModelInputs(self.tokenizers, self.image_source, self.max_length)
 
     @property
     def max_length(self) -> int:

@@ -19,7 +19,6 @@ __all__ = [
     "SPECIAL_TOKENS",
     "UNK",
     "Tokenizers",
-    "reused_tokenizers",
     "train_bpe",
 ]
 
@@ -172,14 +171,6 @@ class Tokenizers:
         if not self.joint:
             sizes = f"src_vocab={self.src_vocab_size}, tgt_vocab={self.tgt_vocab_size}"
         return f"Tokenizers(joint={self.joint}, {sizes}, fingerprint={self.fingerprint()})"
-
-
-def reused_tokenizers(directory: str | None, trainer) -> Tokenizers | None:
-    """The tokenizer a data module must reuse rather than train: the one in `directory`, else
-    that of the model `trainer` fits (fine-tuning from `init_from`); None if neither."""
-    if directory is not None:
-        return Tokenizers.load(directory)
-    return getattr(getattr(trainer, "lightning_module", None), "tokenizers", None)
 
 
 def _encode(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:

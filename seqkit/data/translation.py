@@ -20,10 +20,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from seqkit.data.batching import TokenBatchDataset, token_loader
+from seqkit.data.inputs import ModelInputs
 from seqkit.data.sources import DataError, load_pairs, read_columns
-from seqkit.data.tokenizer import EOS, Tokenizers, reused_tokenizers
+from seqkit.data.tokenizer import EOS, Tokenizers
 
 log = logging.getLogger(__name__)
+# What str.splitlines() ends a line at (seqkit.translator.LINE_BREAKS), as a regex class.
+LINE_BREAK_PATTERN = "[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"
 
 DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 CACHE_VERSION = 1  # bump when the tokenized layout or the tokenizer recipe changes
@@ -58,9 +61,9 @@ class TranslationData(L.LightningDataModule):
         target_column: Target column of a table or dataset (default: `tgt_lang`).
         vocab_size: BPE vocabulary size per tokenizer (at least 260).
         joint_vocab: One tokenizer for both languages instead of one per side.
-        tokenizer: Directory with tokenizer file(s) to reuse instead of training one.
-            Default: the tokenizer of the model being fitted when it has one (a model
-            fine-tuned from `init_from`), else one trained on the train split.
+        tokenizer: Directory with tokenizer file(s) to reuse instead of training one, e.g.
+            the model directory being fine-tuned (`seqkit fit` hands over `init_from`'s).
+            Default: one trained on the train split.
         min_frequency: Minimum count of a pair for a BPE merge.
         max_tokens: Token budget of a training batch, padding included.
         eval_max_tokens: Token budget of an evaluation batch (default: `max_tokens`).
@@ -180,12 +183,22 @@ class TranslationData(L.LightningDataModule):
 
     @property
     def tokenizers(self) -> Tokenizers:
-        """The tokenizer pair: given as `tokenizer`, else the one of the model being trained
-        (fine-tuning from `init_from`), else cached or trained on the train split now."""
+        """The tokenizer pair: read from `tokenizer`, else cached or trained on the train
+        split now."""
         if self._tokenizers is None:
-            reused = reused_tokenizers(self.tokenizer_dir, self.trainer)
-            self._tokenizers = reused or self._cached_tokenizers()
+            given = self.tokenizer_dir
+            self._tokenizers = Tokenizers.load(given) if given else self._cached_tokenizers()
         return self._tokenizers
+
+    def use_tokenizer(self, directory: str) -> None:
+        """Encode with the tokenizer in `directory` (a fine-tuned model's) from now on."""
+        self.tokenizer_dir, self._tokenizers = str(directory), None
+        self.hparams["tokenizer"] = self.tokenizer_dir
+
+    def model_inputs(self) -> ModelInputs:
+        """What a seq2seq model needs from this data: the tokenizers and the longest
+        sequence (`Seq2Seq.setup` reads it)."""
+        return ModelInputs(self.tokenizers, max_length=self.max_length)
 
     @property
     def src_vocab_size(self) -> int:
@@ -275,7 +288,25 @@ class TranslationData(L.LightningDataModule):
         truncated = pc.sum(data.data.column("overlong")).as_py() or 0
         if truncated:
             rank_zero_warn(what.format(f"truncated {truncated}"))
+        self._report_line_breaks(stage, data)
         log.info("%s: %d pairs (cache %s)", stage, len(data), self.cache_file(stage))
+
+    @staticmethod
+    def _report_line_breaks(stage: str, data: datasets.Dataset) -> None:
+        """Warn about sentences holding line breaks: a model learns to write them, and a
+        line-based file (seqkit translate, predictions.txt) writes them as spaces."""
+        rows = set()
+        for column in ("source", "target"):
+            found = pc.match_substring_regex(data.data.column(column), LINE_BREAK_PATTERN)
+            rows |= set(np.flatnonzero(found.to_numpy(zero_copy_only=False)).tolist())
+        if rows:
+            first = sorted(data.select(sorted(rows)[:5])["index"])
+            rank_zero_warn(
+                f"{stage}: {len(rows)} pairs hold a line break inside a sentence (rows "
+                f"{', '.join(str(i + 1) for i in first)}{', ...' if len(rows) > 5 else ''}); "
+                "a model trained on them writes line breaks, which seqkit translate writes "
+                "as spaces to keep one output line per input line"
+            )
 
     # --- loaders ----------------------------------------------------------------------------
 

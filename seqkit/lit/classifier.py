@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import lightning as L
-import numpy as np
-import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from seqkit.card import model_card
-from seqkit.data.images import load_images, normalize
+from seqkit.labeler import Labeler
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.lit.seq2seq import _as
 from seqkit.models import (
@@ -29,7 +23,6 @@ from seqkit.models import (
     ViTConfig,
     build_model,
     config_from_dict,
-    read_model_config,
 )
 
 STAGES = ("train", "val", "test")
@@ -50,7 +43,7 @@ def format_confusion(matrix: Tensor, names: Sequence[str]) -> str:
 
 class Classifier(L.LightningModule):
     """Image classification with cross-entropy and AdamW: loss and accuracy every epoch,
-    a confusion matrix at test, `predict` on arrays or image files.
+    a confusion matrix at test; `labeler` labels arrays or image files and saves the model.
 
     Args:
         config: the model (ViTConfig or ReaderConfig); image size, channels and classes left
@@ -225,66 +218,19 @@ class Classifier(L.LightningModule):
                 logger.experiment.log({"test/confusion_matrix": chart, "trainer/global_step": step})
 
     # -- prediction -----------------------------------------------------------------------
+    @property
+    def labeler(self) -> Labeler:
+        """This module's network, class names and pixel statistics, ready to label images and
+        to be saved (`save_pretrained`)."""
+        if self.net is None:
+            raise ValueError("this model has no network yet: fit it, or load one with "
+                             "Labeler.from_pretrained or load_from_checkpoint")  # fmt: skip
+        return Labeler(self.net, self.class_names, self.mean, self.std, self.provenance)
+
     def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[int, int | str]]:
         """(row index, label) pairs; labels are class names when the model knows them."""
         labels = self.net(batch["image"]).argmax(-1).tolist()
-        return list(zip(batch["index"].tolist(), self._named(labels), strict=True))
-
-    def _named(self, labels: list[int]) -> list[int] | list[str]:
-        return [self.class_names[i] for i in labels] if self.class_names else labels
-
-    @torch.inference_mode()
-    def predict(
-        self,
-        images: str | Path | np.ndarray | Tensor | Sequence[str | Path | np.ndarray | Tensor],
-        batch_size: int = 256,
-    ) -> list[int] | list[str]:
-        """Labels (class names when known) of images given as `load_images` reads them: file
-        paths, arrays or tensors (H, W), (C, H, W), (H, W, C), or one (B, C, H, W) batch;
-        integer pixels 0..255, float pixels 0..1. They are resized and converted to the
-        model's size and channels, and normalized with the training data's statistics."""
-        if self.net is None:
-            raise ValueError("this model has no network yet: fit it, or load one with "
-                             "Classifier.from_pretrained or load_from_checkpoint")  # fmt: skip
-        c = self.config.channels
-        x = load_images(images, size=self.config.image_size, channels=c)  # (B, C, H, W)
-        x = normalize(x, self.mean or [0.0] * c, self.std or [1.0] * c)
-        was_training = self.training
-        self.eval()
-        logits = [self.net(part.to(self.device)) for part in x.split(batch_size)]
-        self.train(was_training)
-        return self._named(torch.cat(logits).argmax(-1).tolist())
-
-    # -- Hugging Face-style directories -------------------------------------------------
-    def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
-        """Write config.json (config, class names, normalization, provenance and `metrics`),
-        model.safetensors and a README.md model card into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        provenance = {**self.provenance, **({"metrics": metrics} if metrics else {})}
-        meta = {
-            "config": asdict(self.config),
-            "class_names": self.class_names,
-            "normalization": {"mean": self.mean, "std": self.std},
-            "provenance": provenance,
-        }
-        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        save_model(self.net, str(directory / "model.safetensors"))
-        (directory / "README.md").write_text(model_card(meta["config"], self.net, provenance))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> Classifier:
-        """Load a directory written by `save_pretrained`; never unpickles."""
-        directory = Path(directory)
-        meta, config = read_model_config(directory, ImageModelConfig)
-        model = cls(config=config)
-        load_model(model.net, str(directory / "model.safetensors"), device=map_location)
-        model.class_names = meta.get("class_names")
-        stats = meta.get("normalization") or {}
-        model.mean, model.std = stats.get("mean"), stats.get("std")
-        model.provenance = meta.get("provenance", {})
-        return model.eval()
+        return list(zip(batch["index"].tolist(), self.labeler.named(labels), strict=True))
 
 
 def wandb_confusion(matrix: Tensor, names: Sequence[str]):

@@ -1,0 +1,161 @@
+"""LightningCLI for seqkit: `seqkit fit/validate/test/predict` over every LightningModule and
+LightningDataModule, by class path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from seqkit.labeler import Labeler
+from seqkit.lit.classifier import Classifier
+from seqkit.lit.seq2seq import Seq2Seq
+from seqkit.translator import Translator, one_line
+
+
+class SaveConfig(SaveConfigCallback):
+    """Writes config.yaml beside the logs and gives the resolved config to W&B runs."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                config = self.parser.dump(self.config, skip_none=False, format="json")
+                logger.experiment.config.update({"recipe": json.loads(config)})
+
+
+class SeqkitCLI(LightningCLI):
+    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it, whose
+    `predict` writes the translations in the data's order, and whose `--wandb PROJECT` logs
+    the run to Weights & Biases with sample translations and attention maps."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--wandb",
+            type=str | None,
+            default=None,
+            help="Also log to this Weights & Biases project: metrics, the resolved config, "
+            "sample translations and attention maps every validation (WANDB_MODE=offline "
+            "works without an account)",
+        )
+        parser.add_argument(
+            "--wandb_log_model",
+            type=bool | Literal["all"],
+            default=False,
+            help="With --wandb: upload the best checkpoint (true) or every one (all) as artifacts",
+        )
+
+    def instantiate_classes(self) -> None:
+        """Instantiate, then hand a fine-tuned model's tokenizer to the data module.
+
+        Explicitly, once, model to data: `link_arguments` cannot express it, because data
+        modules differ (ImageData has no tokenizer) and a link would overwrite a tokenizer
+        the user gave, which `Seq2Seq.setup` should refuse by name instead.
+        """
+        super().instantiate_classes()
+        init_from = getattr(self.model, "init_from", None)
+        data = self.datamodule
+        if init_from and hasattr(data, "use_tokenizer") and not data.tokenizer_dir:
+            data.use_tokenizer(init_from)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        project = self._get(self.config_init, "wandb")
+        if project:
+            from lightning.pytorch.loggers import WandbLogger
+
+            from seqkit.callbacks import AttentionMaps, TranslationSamples
+
+            log_model = self._get(self.config_init, "wandb_log_model")
+            # After the loggers the recipe has, so that log_dir and checkpoints stay there.
+            logger = WandbLogger(
+                project=project, log_model=log_model, save_dir=trainer.default_root_dir
+            )
+            trainer.loggers = [*trainer.loggers, logger]
+            if isinstance(self.model, Seq2Seq):  # translation models
+                trainer.callbacks[:0] = [TranslationSamples(), AttentionMaps()]
+        return trainer
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.interrupted or not isinstance(self.model, Seq2Seq | Classifier):
+            return
+        callback = trainer.checkpoint_callback
+        best = callback.best_model_path if callback else ""
+        metrics = {}
+        splits = getattr(self.datamodule, "splits", None)  # image data always has a test split
+        if splits is None or "test" in splits:
+            # Testing the best checkpoint leaves its weights in self.model.
+            results = trainer.test(
+                self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True
+            )
+            metrics = {k: round(float(v), 4) for k, v in results[0].items()} if results else {}
+        # Beside the checkpoints (version_N/model), so that runs never overwrite each other.
+        run_dir = Path(best).parent.parent if best else Path(trainer.log_dir or ".")
+        recipes = self._get(self.config, "config") or []
+        if recipes:
+            self.model.provenance["recipe"] = " ".join(str(path) for path in recipes)
+        if trainer.is_global_zero:
+            model = self.model
+            out = pretrained(model).save_pretrained(run_dir / "model", metrics=metrics).resolve()
+            text_source = isinstance(model, Seq2Seq) and model.image_source is None
+            use = (
+                f"translate --model {out} < src.txt"
+                if text_source
+                else f"predict --model {out} IMAGE..."
+            )
+            print(f"\nmodel written to {out}\n  use it: seqkit {use}")
+
+    def after_predict(self) -> None:
+        """Write the translations in the data's order, gathered from every rank once."""
+        predictions = [pair for batch in self.trainer.predict_loop.predictions for pair in batch]
+        if self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, predictions)
+            predictions = [pair for part in gathered for pair in part]
+        run_dir = Path(self.trainer.log_dir or ".")  # every rank: log_dir broadcasts
+        if not self.trainer.is_global_zero or not predictions:
+            return
+        rows = sorted(dict(predictions).items())  # repeated rows (evened-out ranks) count once
+        out = run_dir / "predictions.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # One line per row, always: a hypothesis holding a line break must not become two.
+        out.write_text("".join(f"{one_line(text)}\n" for _, text in rows), encoding="utf-8")
+        print(f"{len(rows)} translations written to {out}")
+
+
+def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
+    """LightningCLI over every seqkit LightningModule and LightningDataModule (by class_path)."""
+    # The docstring under each config field becomes its --help text (and a YAML comment).
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    return SeqkitCLI(
+        L.LightningModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_callback=SaveConfig,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def load_checkpoint(path: str | Path) -> Seq2Seq | Classifier:
+    """A Lightning checkpoint of Seq2Seq or Classifier, read without unpickling code
+    (weights_only); the class is the one the checkpoint names."""
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    class_path = str(checkpoint.get("hyper_parameters", {}).get("_class_path", ""))
+    cls = Classifier if class_path.endswith(".Classifier") else Seq2Seq
+    return cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+
+
+def pretrained(module: Seq2Seq | Classifier) -> Translator | Labeler:
+    """The inference object of a LightningModule, which writes its model directory."""
+    return module.translator if isinstance(module, Seq2Seq) else module.labeler

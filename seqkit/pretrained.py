@@ -1,0 +1,87 @@
+"""Model directories in the Hugging Face layout, one reader and one writer for every kind of
+seqkit model: `config.json` (its `model_type`, the config and what inference needs),
+`model.safetensors`, the tokenizer file(s) of a text model and a README.md model card.
+Nothing is ever unpickled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from seqkit.card import model_card, public_data
+from seqkit.models import (
+    ImageModelConfig,
+    ModelConfig,
+    config_to_dict,
+    model_type,
+    read_model_config,
+    split_legacy_source,
+)
+
+CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+
+
+def save_directory(
+    directory: str | Path,
+    config: ModelConfig | ImageModelConfig,
+    net: nn.Module,
+    fields: dict[str, Any],
+    provenance: dict[str, Any],
+    tokenizers=None,
+) -> Path:
+    """Write a model directory: config.json holds `model_type`, `config`, the inference
+    `fields` (decoding, image source, class names, ...) and `provenance` (training data by
+    name, recipe, steps, metrics); then the weights, the tokenizers if any, and the card."""
+    from seqkit import __version__
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    provenance = dict(provenance)
+    if provenance.get("data"):
+        provenance["data"] = public_data(provenance["data"])
+    config_dict = config_to_dict(config)
+    meta = {"model_type": model_type(config), "config": config_dict, **fields,
+            "provenance": provenance, "seqkit_version": __version__}  # fmt: skip
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    save_model(net, str(directory / WEIGHTS_FILE))
+    if tokenizers is not None:
+        tokenizers.save(directory)
+    card = model_card(config_dict, net, provenance, fields.get("image_source"))
+    card.save(directory / CARD_FILE)
+    return directory
+
+
+def read_directory(directory: str | Path, union=ModelConfig | ImageModelConfig):
+    """(config.json as a dict, the model config, the image-source fields of a directory
+    written before `ImageSource` existed ({} otherwise)).
+
+    Raises:
+        FileNotFoundError: when the directory has no config.json.
+        ValueError: naming the file, when it does not hold a seqkit model config.
+    """
+    meta, config = read_model_config(directory, union)
+    _, legacy = split_legacy_source(meta["config"])
+    return meta, config, legacy
+
+
+def load_weights(net: nn.Module, directory: str | Path, device: str = "cpu") -> nn.Module:
+    """Fill `net` from model.safetensors (every tensor must match by name and shape).
+
+    Raises:
+        FileNotFoundError: when there is no model.safetensors.
+        ValueError: naming the file, when its tensors do not fit the network.
+    """
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
+    try:
+        load_model(net, str(path), device=device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{path}: the weights do not fit the model in config.json: {err}"
+        ) from None
+    return net.to(device)
