@@ -62,6 +62,12 @@ def data_name(path: str | None) -> str | None:
     return path
 
 
+def data_provenance(hparams, name: str) -> dict[str, Any]:
+    """What a model card says about a translation data module (its class `name`)."""
+    keys = ("path", "src_lang", "tgt_lang", "splits", "vocab_size", "joint_vocab")
+    return {"class": name, **{k: hparams[k] for k in keys if k in hparams}}
+
+
 def public_data(data: dict[str, Any]) -> dict[str, Any]:
     """Training-data provenance with local paths reduced to file or directory names."""
     return {k: data_name(v) if k in DATA_PATH_KEYS and isinstance(v, str) else v

@@ -126,7 +126,7 @@ class SeqkitCLI(LightningCLI):
         out = run_dir / "predictions.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         # One line per row, always: a hypothesis holding a line break must not become two.
-        out.write_text("".join(f"{one_line(text)}\n" for _, text in rows), encoding="utf-8")
+        out.write_text("".join(f"{one_line(str(text))}\n" for _, text in rows), encoding="utf-8")
         print(f"{len(rows)} translations written to {out}")
 
 

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from seqkit.card import data_provenance
 from seqkit.data.inputs import ModelInputs
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig
@@ -31,12 +32,6 @@ from seqkit.models import config_to_dict as model_config_to_dict
 from seqkit.models.patches import ImageSource
 from seqkit.models.source import check_source_sizes, source_sizes_known
 from seqkit.translator import Translator
-
-
-def data_provenance(hparams, name: str) -> dict:
-    """What a model card says about the training data."""
-    keys = ("path", "src_lang", "tgt_lang", "splits", "vocab_size", "joint_vocab")
-    return {"class": name, **{k: hparams[k] for k in keys if k in hparams}}
 
 
 def _as(cls: type, value):
