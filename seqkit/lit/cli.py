@@ -3,6 +3,7 @@ LightningDataModule, by class path."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Literal
@@ -149,11 +150,18 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
 
 def load_checkpoint(path: str | Path) -> Seq2Seq | Classifier:
     """A Lightning checkpoint of Seq2Seq or Classifier, read without unpickling code
-    (weights_only); the class is the one the checkpoint names."""
+    (weights_only); the class is the one the checkpoint names, any model family."""
     checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-    class_path = str(checkpoint.get("hyper_parameters", {}).get("_class_path", ""))
-    cls = Classifier if class_path.endswith(".Classifier") else Seq2Seq
-    return cls.load_from_checkpoint(str(path), map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    cls = Classifier if str(hparams.get("_class_path", "")).endswith(".Classifier") else Seq2Seq
+    # LightningCLI's instantiator would parse the saved `config` dict against the signature's
+    # union, as its default's type (TransformerConfig), refusing an RNN's fields: the
+    # modules build a config from a plain dict themselves (`config_from_dict`).
+    hparams.pop("_instantiator", None)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return cls.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
 
 
 def pretrained(module: Seq2Seq | Classifier) -> Translator | Labeler:
