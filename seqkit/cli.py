@@ -37,6 +37,7 @@ Using trained models:
 FLAGS = {"beam_size": "--beam", "n_best": "--nbest", "alpha": "--alpha",
          "min_len": "--min-len", "max_len": "--max-len"}  # fmt: skip
 SHOWN = 10  # line numbers a warning lists
+JSON_LINE_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
 
 
 def _decoding_args(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +62,10 @@ def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Translat
     if args.max_tokens < 1:
         _usage_error(parser, "--max-tokens", f"must be at least 1, got {args.max_tokens}")
     translator = Translator.from_pretrained(args.model, device=args.device)
-    given = {"beam_size": args.beam, "n_best": args.nbest, "alpha": args.alpha,
+    n_best = args.nbest
+    if n_best is None and args.beam is not None:  # a narrower beam keeps what n-best it can
+        n_best = min(translator.decoding.n_best, max(args.beam, 1))
+    given = {"beam_size": args.beam, "n_best": n_best, "alpha": args.alpha,
              "min_len": args.min_len, "max_len": args.max_len}  # fmt: skip
     try:
         translator.decoding = replace(
@@ -77,23 +81,37 @@ def _usage_error(parser: argparse.ArgumentParser, flag: str, reason: str) -> Non
 
 
 def _input(path: str | None):
+    from seqkit.errors import DataError
     from seqkit.textio import iter_lines
 
     if path is None or path == "-":
         return iter_lines(sys.stdin.buffer, name="<stdin>")
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
     return iter_lines(path)
+
+
+def _check_output(parser: argparse.ArgumentParser, src: str | None, out: str | None) -> None:
+    """Refuse an --out that would destroy --src or cannot be a file, before it is opened."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        _usage_error(parser, "--out", f"{out} is a directory")
+    if src not in (None, "-") and path.exists() and path.samefile(src):
+        _usage_error(parser, "--out", f"{out} is the --src file: it would be overwritten")
 
 
 class _Report:
     """Counts what a user must hear about (to stderr) while lines stream through."""
 
-    def __init__(self, max_len: int | None) -> None:
+    def __init__(self, text_output: bool) -> None:
         self.n = 0
         self.start = time.perf_counter()
         self.truncated: list[int] = []
         self.hit_limit: list[int] = []
         self.line_breaks: list[int] = []
-        self.max_len = max_len
+        self.text_output = text_output  # jsonl escapes line breaks: nothing to report
 
     def add(self, translation: Translation) -> None:
         self.n += 1
@@ -101,7 +119,7 @@ class _Report:
             self.truncated.append(self.n)
         if translation.hit_limit:
             self.hit_limit.append(self.n)
-        if any(_breaks(h.text) for h in translation.hypotheses):
+        if self.text_output and any(_breaks(h.text) for h in translation.hypotheses):
             self.line_breaks.append(self.n)
 
     def progress(self, stream: TextIO) -> None:
@@ -113,10 +131,9 @@ class _Report:
         seconds = time.perf_counter() - self.start
         stream.write(f"\r{self.n:,} lines translated in {seconds:.1f} s "
                      f"({self.n / max(seconds, 1e-9):,.1f} sentences/s)\n")  # fmt: skip
-        limit = f"--max-len {self.max_len}" if self.max_len else "1.5 × the source + 10 tokens"
         for lines, what in (
             (self.truncated, f"source(s) longer than max_positions={positions} tokens, cut"),
-            (self.hit_limit, f"translation(s) stopped at their length limit ({limit})"),
+            (self.hit_limit, "translation(s) stopped at their length limit without ending"),
             (self.line_breaks, "translation(s) held line breaks, written as spaces"),
         ):
             if lines:
@@ -137,8 +154,11 @@ def _write(out: TextIO, index: int, translation: Translation, fmt: str, n_best: 
 
     if fmt == "jsonl":
         hyps = [{"text": h.text, "score": round(h.score, 6)} for h in translation.hypotheses]
-        record = {"index": index, "hypotheses": hyps, "hit_limit": translation.hit_limit}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        record = {"index": index, "hypotheses": hyps, "hit_limit": translation.hit_limit,
+                  "source_truncated": translation.source_truncated}  # fmt: skip
+        line = json.dumps(record, ensure_ascii=False)
+        # Valid raw inside JSON strings, but some readers split lines on them: escape them.
+        out.write(line.translate(JSON_LINE_BREAKS) + "\n")
     elif n_best > 1:
         for h in translation.hypotheses:
             out.write(f"{index} ||| {one_line(h.text)} ||| {h.score:.4f}\n")
@@ -169,12 +189,15 @@ def translate_main(argv: list[str]) -> None:
     if args.chunk_size < 1:
         _usage_error(parser, "--chunk-size", f"must be at least 1, got {args.chunk_size}")
     translator = _load(parser, args)
+    translator.check_text_source()
+    lines = _input(args.src)
+    _check_output(parser, args.src, args.out)
     decoding = translator.decoding
-    report = _Report(decoding.max_len)
+    report = _Report(text_output=args.format == "text")
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
         stream = translator.translate_stream(
-            _input(args.src), max_tokens=args.max_tokens, chunk_size=args.chunk_size
+            lines, max_tokens=args.max_tokens, chunk_size=args.chunk_size
         )
         for index, translation in enumerate(stream):
             _write(out, index, translation, args.format, decoding.n_best)
@@ -306,8 +329,8 @@ def _names_model_directory(args: list[str]) -> bool:
         value = arg.partition("=")[2] if arg.startswith("--model=") else None
         if arg == "--model" and i + 1 < len(args):
             value = args[i + 1]
-        if value is not None:
-            return (Path(value) / "config.json").is_file()
+        if value is not None:  # a class name or option string has no "/"
+            return (Path(value) / "config.json").is_file() or "/" in value
     return False
 
 
@@ -327,14 +350,16 @@ def main(argv: list[str] | None = None) -> None:
             from seqkit.lit.cli import cli_main
 
             cli_main(argv)  # None: LightningCLI reads sys.argv itself
+    except BrokenPipeError:  # `seqkit translate ... | head`: the reader has all it wants
+        sys.stderr.close()
     except (DataError, FileNotFoundError) as err:  # bad input: its message says what to fix
         sys.exit(f"seqkit {args[0]}: {err}")
+    except OSError as err:  # an output that cannot be written: full disk, no permission
+        sys.exit(f"seqkit {args[0]}: {err.filename or 'output'}: {err.strerror or err}")
     except ValueError as err:  # a model directory or option the tools refuse, by name
         if args[0] not in TOOLS and args[0] != "predict":
             raise
         sys.exit(f"seqkit {args[0]}: {err}")
-    except BrokenPipeError:  # `seqkit translate ... | head`: the reader has all it wants
-        sys.stderr.close()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ sentence's output never depends on the other sentences of its batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
@@ -54,10 +55,11 @@ class DecodingConfig:
     """GNMT length penalty exponent (Wu et al., 2016); 0 ranks by raw log-probability."""
     min_len: int = 0
     """Fewest output tokens: EOS is banned before them (Hugging Face's `min_new_tokens`,
-    CTranslate2's `min_decoding_length`)."""
+    CTranslate2's `min_decoding_length`). min_len == max_len forces exactly that length."""
     max_len: int | None = None
-    """Most output tokens per sentence, EOS included; None allows 1.5 × that sentence's
-    source length + 10. Either way capped by the model's `max_positions`."""
+    """Most decoding steps per sentence (output tokens, EOS included if it comes); None
+    allows 1.5 × that sentence's source length + 10, and at least min_len + 1. Either way
+    capped by the model's `max_positions`."""
 
     def as_greedy(self) -> DecodingConfig:
         """These settings with greedy search and one hypothesis (validation decodes so)."""
@@ -70,8 +72,8 @@ class DecodingConfig:
             raise DecodingError(
                 "n_best", f"must be between 1 and beam_size={self.beam_size}, got {self.n_best}"
             )
-        if not self.alpha >= 0:  # also refuses NaN
-            raise DecodingError("alpha", f"must be >= 0, got {self.alpha}")
+        if not 0 <= self.alpha < math.inf:  # also refuses NaN
+            raise DecodingError("alpha", f"must be finite and >= 0, got {self.alpha}")
         if self.min_len < 0:
             raise DecodingError("min_len", f"must be >= 0, got {self.min_len}")
         if self.max_len is not None and self.max_len < 1:
@@ -97,12 +99,12 @@ def length_limits(
     src_mask: Tensor, config: DecodingConfig, max_positions: int | None = None
 ) -> Tensor:
     """The most output tokens (B,) each source sentence of `src_mask` (B, S) may get under
-    `config`: its `max_len` or `default_max_len`, at least `min_len`, at most
+    `config`: its `max_len` or `default_max_len` (at least `min_len` + 1), at most
     `max_positions` (the model's longest sequence)."""
     if config.max_len is not None:
         limits = torch.full((src_mask.shape[0],), config.max_len, device=src_mask.device)
     else:
-        limits = default_max_len(src_mask).clamp(min=config.min_len)
+        limits = default_max_len(src_mask).clamp(min=config.min_len + 1)  # room for EOS
     return limits.clamp(max=max_positions) if max_positions else limits
 
 

@@ -89,7 +89,7 @@ class Labeler:
             FileNotFoundError: for a missing directory, config or weights file.
             ValueError: naming the file, for a config or weights that do not fit.
         """
-        meta, config, _ = read_directory(directory, ImageModelConfig)
+        meta, config, _ = read_directory(directory, ImageModelConfig)  # refuses a seq2seq model
         net = load_weights(build_model(config).eval(), directory, device)
         stats = meta.get("normalization") or {}
         return cls(net, meta.get("class_names"), stats.get("mean"), stats.get("std"),

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -23,6 +25,7 @@ from seqkit.models import (
 )
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+MISFIT = "the weights do not fit the model in config.json"
 
 
 def save_directory(
@@ -79,9 +82,36 @@ def load_weights(net: nn.Module, directory: str | Path, device: str = "cpu") -> 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
     try:
-        load_model(net, str(path), device=device)
+        device = str(torch.device(device))
     except RuntimeError as err:
-        raise ValueError(
-            f"{path}: the weights do not fit the model in config.json: {err}"
-        ) from None
-    return net.to(device)
+        raise ValueError(f"device {device!r}: {err}") from None
+    try:
+        missing, unexpected = load_model(net, str(path), strict=False, device="cpu")
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    except RuntimeError as err:  # a tensor of another shape
+        raise ValueError(f"{path}: {MISFIT}: {err}") from None
+    if missing or unexpected:
+        raise ValueError(f"{path}: {MISFIT}: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")  # fmt: skip
+    try:
+        return net.to(device)
+    except (RuntimeError, AssertionError) as err:  # e.g. cuda on a machine without it
+        raise ValueError(f"cannot put the model on device {device!r}: {err}") from None
+
+
+def load_tokenizers(directory: str | Path):
+    """The tokenizer file(s) of a text model's directory.
+
+    Raises:
+        FileNotFoundError: when there is none.
+        ValueError: naming the directory, when a file cannot be read as a tokenizer.
+    """
+    from seqkit.data.tokenizer import Tokenizers
+
+    try:
+        return Tokenizers.load(directory)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as err:  # tokenizers raises a plain Exception for a corrupt file
+        raise ValueError(f"{directory}: cannot read its tokenizer file(s): {err}") from None

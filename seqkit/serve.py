@@ -49,10 +49,13 @@ class ServeConfig:
     """Most characters in one text (more: 422); also the largest `max_len` a request may ask."""
     max_tokens: int = 4096
     """Source tokens per decoding batch, padding included (as `seqkit translate --max-tokens`)."""
+    max_beam_size: int = 64
+    """Widest beam a request may ask (more: 422): one decode runs at a time, so one request
+    must not hold the server for long."""
 
     def __post_init__(self) -> None:
         for name in ("max_batch_sentences", "max_texts_per_request", "max_text_chars",
-                     "max_tokens"):  # fmt: skip
+                     "max_tokens", "max_beam_size"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.max_wait_ms >= 0:
@@ -166,10 +169,10 @@ def _request_model(config: ServeConfig) -> type:
 
         model_config = ConfigDict(extra="forbid")
         texts: list[Text] = Field(max_length=config.max_texts_per_request)
-        beam_size: StrictInt | None = None
+        beam_size: StrictInt | None = Field(None, le=config.max_beam_size)
         n_best: StrictInt | None = None
         alpha: StrictFloat | None = Field(None, allow_inf_nan=False)  # takes 1 as 1.0
-        min_len: StrictInt | None = None
+        min_len: StrictInt | None = Field(None, le=config.max_text_chars)
         max_len: StrictInt | None = Field(None, le=config.max_text_chars)
 
     return TranslateRequest
@@ -195,7 +198,9 @@ def _install_errors(app: "FastAPI") -> None:
         return JSONResponse({"detail": detail}, status_code=422)
 
     async def failed(request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": f"translation failed: {exc!r}"}, status_code=500)
+        # The kind of failure only: the message may hold paths or data of the server.
+        return JSONResponse({"detail": f"translation failed ({type(exc).__name__})"},
+                            status_code=500)  # fmt: skip
 
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, failed)
@@ -311,6 +316,8 @@ def main(argv: list[str]) -> None:
         help="characters one text may hold (default: %(default)s)")  # fmt: skip
     add("--max-tokens", type=int, metavar="N", default=defaults.max_tokens,
         help="source tokens per decoding batch (default: %(default)s)")  # fmt: skip
+    add("--max-beam-size", type=int, metavar="N", default=defaults.max_beam_size,
+        help="widest beam a request may ask (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         config = ServeConfig(
@@ -319,6 +326,7 @@ def main(argv: list[str]) -> None:
             max_texts_per_request=args.max_texts_per_request,
             max_text_chars=args.max_text_chars,
             max_tokens=args.max_tokens,
+            max_beam_size=args.max_beam_size,
         )
     except ValueError as err:
         parser.error(str(err))

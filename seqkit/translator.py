@@ -25,7 +25,7 @@ from seqkit.decoding import DecodingConfig, Hypothesis, length_limits, search
 from seqkit.models import ModelConfig, build_model
 from seqkit.models.patches import ImageSource
 from seqkit.models.source import source_mask
-from seqkit.pretrained import load_weights, read_directory, save_directory
+from seqkit.pretrained import load_tokenizers, load_weights, read_directory, save_directory
 from seqkit.tokens import EOS
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
@@ -49,7 +49,7 @@ class Scored(NamedTuple):
 class Translation:
     """What one source became: `n_best` hypotheses, best first."""
 
-    hypotheses: list[Scored]
+    hypotheses: tuple[Scored, ...]
     """The n-best list, best first."""
     hit_limit: bool = False
     """The best hypothesis ran into its length limit (`max_len`) without ending."""
@@ -129,7 +129,7 @@ class Translator:
 
     def _detokenize(self, nbest: list[Hypothesis], limit: int) -> Translation:
         texts = self.tokenizers.decode_target([h.tokens for h in nbest])
-        scored = [Scored(t, h.score) for t, h in zip(texts, nbest, strict=True)]
+        scored = tuple(Scored(t, h.score) for t, h in zip(texts, nbest, strict=True))
         return Translation(scored, hit_limit=len(nbest[0].tokens) >= limit)
 
     # -- text -----------------------------------------------------------------------------
@@ -142,6 +142,20 @@ class Translator:
     ) -> list[str]:
         """The best translation of each text, in order; empty lines stay empty."""
         return [t.text for t in self.translate_stream(texts, decoding, max_tokens=max_tokens)]
+
+    def check_text_source(self, lines: object = ()) -> None:
+        """Raise unless this model reads text and `lines` is an iterable of strings, not one
+        string (which would be translated character by character).
+
+        Raises:
+            ValueError: for a model that reads images.
+            TypeError: for a single string.
+        """
+        if self.image_source is not None:
+            raise ValueError("this model reads images, not text: use seqkit predict "
+                             "(or Translator.read)")  # fmt: skip
+        if isinstance(lines, str | bytes):
+            raise TypeError("give a list of lines, not one string: translate([text])")
 
     def translate_stream(
         self,
@@ -159,10 +173,10 @@ class Translator:
         Raises:
             ValueError: for a model that reads images, or `max_tokens`/`chunk_size` < 1.
         """
-        if self.image_source is not None:
-            raise ValueError("this model reads images, not text: use translator.read(images)")
-        if max_tokens < 1 or chunk_size < 1:
-            raise ValueError(f"max_tokens={max_tokens} and chunk_size={chunk_size} must be >= 1")
+        self.check_text_source(lines)
+        for name, value in (("max_tokens", max_tokens), ("chunk_size", chunk_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         decoding = decoding or self.decoding
         iterator = iter(lines)
         while chunk := list(itertools.islice(iterator, chunk_size)):
@@ -171,8 +185,7 @@ class Translator:
     def _translate_chunk(
         self, texts: list[str], decoding: DecodingConfig, max_tokens: int
     ) -> list[Translation]:
-        empty = Translation([Scored("", 0.0)] * decoding.n_best)
-        out = [empty] * len(texts)
+        out = [Translation((Scored("", 0.0),) * decoding.n_best)] * len(texts)  # immutable
         todo = [i for i, t in enumerate(texts) if t.strip()]
         ids = self.tokenizers.encode_source([texts[i] for i in todo])
         limit = self.max_positions
@@ -207,22 +220,28 @@ class Translator:
 
         source = self.image_source
         if source is None:
-            raise ValueError("this model reads text: use translator.translate(texts)")
+            raise ValueError("this model reads text, not images: use seqkit translate "
+                             "(or Translator.translate)")  # fmt: skip
+        p, h = source.patch_size, source.height
+        # The widest image the positions cover; a wider one is cut there, as a long text is.
+        widest = (self.max_positions // source.per_column) * p if self.max_positions else None
         items, out = image_items(images), []
         for start in range(0, len(items), batch_size):
-            scaled = []
+            scaled, cut = [], []
             for item in items[start : start + batch_size]:
                 x = load_images(item, channels=source.channels)  # (1, C, H', W')
-                p, h = source.patch_size, source.height
                 w = max(p, round(x.shape[3] * h / x.shape[2] / p) * p)
-                scaled.append(resize(x, (h, w))[0])
+                x = resize(x, (h, w))[0]
+                cut.append(widest is not None and w > widest)
+                scaled.append(x[:, :, :widest] if cut[-1] else x)
             widths = torch.tensor([x.shape[2] for x in scaled])
             batch = torch.zeros(len(scaled), source.channels, source.height, int(widths.max()),
                                 dtype=scaled[0].dtype)  # fmt: skip
             for i, x in enumerate(scaled):  # right-padded (B, C, H, W)
                 batch[i, :, :, : x.shape[2]] = x
             src, src_mask = source.cut(batch.to(self.device), widths.to(self.device))
-            out += self.generate(src, src_mask, decoding)
+            translations = self.generate(src, src_mask, decoding)
+            out += [replace(t, source_truncated=c) for t, c in zip(translations, cut, strict=True)]
         return out
 
     # -- model directories ----------------------------------------------------------------
@@ -254,7 +273,7 @@ class Translator:
         try:
             decoding = DecodingConfig(**meta.get("decoding", {}))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: decoding: {err}") from None
+            raise ValueError(f"{path}: {err}") from None
+        tokenizers = load_tokenizers(directory)
         net = load_weights(build_model(config, source).eval(), directory, device)
-        tokenizers = Tokenizers.load(directory)
         return cls(net, tokenizers, decoding, source, meta.get("provenance", {}))

@@ -165,6 +165,8 @@ def test_health_names_the_model(server, model_dir):
         ({"texts": ["one"], "beams": 2}, "beams", "Extra inputs"),
         ({"texts": ["one"], "beam_size": "2"}, "beam_size", "valid integer"),
         ({"texts": ["one"], "max_len": MAX_CHARS + 1}, "max_len", f"or equal to {MAX_CHARS}"),
+        ({"texts": ["one"], "min_len": MAX_CHARS + 1}, "min_len", f"or equal to {MAX_CHARS}"),
+        ({"texts": ["one"], "beam_size": 65}, "beam_size", "less than or equal to 64"),
         ({}, "texts", "Field required"),
     ],
 )

@@ -147,6 +147,9 @@ def test_min_len_bans_eos_and_min_equals_max_forces_the_length(tokenizers, monke
         assert len(forced[0][0].tokens) == 5 and EOS not in forced[0][0].tokens
         longer, _ = translator.search(src, None, DecodingConfig(beam_size=beam, min_len=3))
         assert len(longer[0][0].tokens) == 3  # EOS right after the minimum
+        # A minimum beyond the default limit (1.5 × 2 + 10) still leaves room for EOS.
+        (past,) = translator.generate(src, None, DecodingConfig(beam_size=beam, min_len=30))
+        assert not past.hit_limit and len(past.text) > 0
 
 
 def test_streaming_keeps_order_reads_lazily_and_bounds_chunks(tokenizers):
@@ -178,7 +181,8 @@ def test_a_source_longer_than_max_positions_is_cut_and_flagged(tokenizers):
     "changes, field",
     [({"beam_size": 0}, "beam_size"), ({"n_best": 6}, "n_best"), ({"alpha": -1.0}, "alpha"),
      ({"min_len": -1}, "min_len"), ({"max_len": 0}, "max_len"),
-     ({"min_len": 9, "max_len": 3}, "min_len")],
+     ({"min_len": 9, "max_len": 3}, "min_len"), ({"alpha": float("inf")}, "alpha"),
+     ({"alpha": float("nan")}, "alpha")],
 )  # fmt: skip
 def test_decoding_config_names_the_field_it_refuses(changes, field):
     with pytest.raises(DecodingError, match=rf"decoding\.{field}:") as info:
@@ -241,16 +245,14 @@ def seqkit(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
      (["--beam", "-1"], "argument --beam: must be at least 1, got -1"),
      (["--beam", "2", "--nbest", "3"], "argument --nbest: must be between 1 and beam_size=2"),
      (["--max-tokens", "0"], "argument --max-tokens: must be at least 1, got 0"),
-     (["--alpha", "-0.5"], "argument --alpha: must be >= 0"),
+     (["--alpha", "-0.5"], "argument --alpha: must be finite and >= 0, got -0.5"),
      (["--min-len", "9", "--max-len", "3"], "argument --min-len: min_len=9 exceeds max_len=3")],
 )  # fmt: skip
 def test_bad_decoding_options_exit_2_with_one_line_naming_the_option(flags, message):
     result = seqkit("translate", "--model", str(LEGACY / "transformer"), *flags, stdin="seven\n")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip() == f"seqkit translate: error: {message}" or (
-        result.stderr.strip().startswith(f"seqkit translate: error: {message}")
-        and "\n" not in result.stderr.strip()
-    )
+    assert result.stderr.startswith(f"seqkit translate: error: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_n_best_and_jsonl_output_formats(tmp_path):
@@ -300,3 +302,81 @@ def test_translate_writes_each_chunk_before_the_input_ends():
     finally:
         timer.cancel()
         process.kill()
+
+
+def broken_copy(tmp_path: Path, damage) -> Path:
+    directory = tmp_path / "model"
+    Translator.from_pretrained(LEGACY / "transformer").save_pretrained(directory)
+    damage(directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [(lambda d: (d / "tokenizer.json").write_text("{garbage"), "cannot read its tokenizer"),
+     (lambda d: (d / "model.safetensors").write_bytes(b"\x10" * 100), "not a readable safetensors"),
+     (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer found")],
+)  # fmt: skip
+def test_a_damaged_model_directory_is_one_line_naming_the_file(damage, message, tmp_path):
+    directory = broken_copy(tmp_path, damage)
+    result = seqkit("translate", "--model", str(directory), stdin="seven\n")
+    assert result.returncode == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_outputs_are_checked_before_they_are_opened(tmp_path):
+    model = str(LEGACY / "transformer")
+    src = tmp_path / "src.txt"
+    src.write_text("seven\n")
+    result = seqkit("translate", "--model", model, "--src", str(src), "--out", str(src))
+    assert result.returncode == 2 and "--out" in result.stderr
+    assert src.read_text() == "seven\n"  # not overwritten
+    result = seqkit("translate", "--model", model, "--src", str(tmp_path), "--out", str(tmp_path))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    out = tmp_path / "hyp.txt"
+    result = seqkit("translate", "--model", model, "--src", str(tmp_path / "nowhere.txt"),
+                    "--out", str(out))  # fmt: skip
+    assert result.returncode == 1 and "nowhere.txt: no such file" in result.stderr
+    assert not out.exists()
+    result = seqkit("translate", "--model", model, "--device", "foo", stdin="seven\n")
+    assert result.returncode == 1 and "device 'foo'" in result.stderr
+
+
+def test_each_loader_names_the_kind_of_model_a_directory_holds(tmp_path):
+    from seqkit.labeler import Labeler
+
+    with pytest.raises(ValueError, match=r"holds a vit model \(an image classifier\)"):
+        Translator.from_pretrained(LEGACY / "vit")  # written before model_type
+    Labeler.from_pretrained(LEGACY / "vit").save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"holds a vit model"):
+        Translator.from_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"holds a transformer model \(seq2seq\)"):
+        Labeler.from_pretrained(LEGACY / "transformer")
+    result = seqkit("translate", "--model", str(tmp_path / "vit"), stdin="seven\n")
+    assert result.returncode == 1 and "holds a vit model" in result.stderr
+    result = seqkit("predict", "--model", str(tmp_path / "typo"), "a.png")
+    assert result.returncode == 1 and "typo/config.json: not found" in result.stderr
+
+
+def test_a_narrower_beam_lowers_the_models_n_best_and_a_string_is_refused(tmp_path):
+    translator = Translator.from_pretrained(LEGACY / "transformer")
+    translator.decoding = DecodingConfig(beam_size=4, n_best=3)
+    translator.save_pretrained(tmp_path / "model")
+    result = seqkit("translate", "--model", str(tmp_path / "model"), "--beam", "1",
+                    "--max-len", "3", stdin="seven\n")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1  # n_best 1: plain text
+    with pytest.raises(TypeError, match="not one string"):
+        translator.translate("seven")
+
+
+def test_an_image_wider_than_the_positions_is_cut_and_flagged():
+    translator = Translator.from_pretrained(LEGACY / "strip-reader")
+    per_column = translator.image_source.per_column  # patches per column of 4 pixels
+    widest = translator.max_positions // per_column * 4
+    wide = np.zeros((8, widest + 40), dtype=np.uint8)
+    fits = np.zeros((8, widest), dtype=np.uint8)
+    decoding = DecodingConfig(beam_size=1, max_len=4)
+    (cut, whole) = translator.read_translations([wide, fits], decoding)
+    assert cut.source_truncated and not whole.source_truncated
+    assert cut.text == whole.text  # the same pixels were read

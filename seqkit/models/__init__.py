@@ -92,10 +92,16 @@ def config_from_dict(
     if kind is not None:
         if kind not in MODEL_TYPES:
             raise ValueError(f"{source}: model_type {kind!r} is not one of {sorted(MODEL_TYPES)}")
+        if MODEL_TYPES[kind] not in typing.get_args(union):
+            what = "an image classifier" if kind in ("vit", "recurrent-reader") else "seq2seq"
+            wanted = ", ".join(c.__name__ for c in typing.get_args(union))
+            raise ValueError(f"{source}: holds a {kind} model ({what}), not one of {wanted}")
         matches = [MODEL_TYPES[kind]]
     else:
-        keys = set(data)
-        matches = [c for c in typing.get_args(union) if keys <= {f.name for f in fields(c)}]
+        matches = [c for c in typing.get_args(union) if keys_fit(data, c)]
+    others = [n for n, c in MODEL_TYPES.items() if keys_fit(data, c) and c not in matches]
+    if not matches and others:
+        return config_from_dict(data, source, union, others[0])  # raises, naming what it holds
     if len(matches) != 1:
         known = ", ".join(c.__name__ for c in typing.get_args(union))
         raise ValueError(f"{source}: keys {sorted(data)} fit {len(matches)} of the model "
@@ -104,6 +110,11 @@ def config_from_dict(
         return matches[0](**data)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: {err}") from None
+
+
+def keys_fit(data: dict, cls: type) -> bool:
+    """Whether every key of `data` is a field of the config class `cls`."""
+    return set(data) <= {f.name for f in fields(cls)}
 
 
 def read_model_config(directory: str | Path, union=ModelConfig) -> tuple[dict, object]:
