@@ -152,3 +152,18 @@ def test_fingerprint_differs_for_different_tokenizers(joint: Tokenizers, separat
 def test_train_bpe_rejects_a_vocabulary_below_the_byte_alphabet() -> None:
     with pytest.raises(ValueError, match="vocab_size=100"):
         train_bpe(ENGLISH, vocab_size=100)
+
+
+@pytest.mark.parametrize("kind", ["joint", "separate"])
+def test_special_token_strings_in_text_are_text(kind: str, request, tmp_path: Path) -> None:
+    """`<s>`, `</s>`, `<pad>` and `<unk>` written in a sentence never become special ids, and
+    the sentence comes back whole; a saved and reloaded tokenizer behaves the same."""
+    tokenizers: Tokenizers = request.getfixturevalue(kind)
+    texts = ["strike <s>this</s> out", "das Tag <pad> bleibt", "<unk>", "a</s>b<s>"]
+    tokenizers.save(tmp_path)
+    for tok in (tokenizers, Tokenizers.load(tmp_path)):
+        for encode, decode in ((tok.encode_source, tok.decode_source),
+                               (tok.encode_target, tok.decode_target)):  # fmt: skip
+            ids = encode(texts)
+            assert all(i >= len(SPECIAL_TOKENS) for row in ids for i in row[:-1])
+            assert decode(ids) == texts

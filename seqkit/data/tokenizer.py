@@ -67,6 +67,11 @@ class Tokenizers:
     def __init__(self, source: Tokenizer, target: Tokenizer) -> None:
         _check_specials(source, "source tokenizer")
         _check_specials(target, "target tokenizer")
+        for tokenizer in (source, target):
+            # "<s>" or "<pad>" in user text is text: without this, `tokenizers` matches the
+            # special tokens inside it and yields their ids (a BOS mid-sentence, a PAD that
+            # decoding drops). Not saved in tokenizer.json, so every load sets it here.
+            tokenizer.encode_special_tokens = True
         self.source = source
         self.target = target
 

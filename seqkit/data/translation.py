@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 LINE_BREAK_PATTERN = "[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]"
 
 DEFAULT_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
-CACHE_VERSION = 1  # bump when the tokenized layout or the tokenizer recipe changes
+# Bump when the tokenized layout or the tokenizer recipe changes. 2: special-token strings
+# in text are encoded as text (`Tokenizers` sets encode_special_tokens).
+CACHE_VERSION = 2
 FEATURES = datasets.Features(
     {
         "source": datasets.Value("string"),
