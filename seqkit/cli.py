@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return
-    from seqkit.errors import DataError
+    from seqkit.errors import ConfigError, DataError
 
     try:
         if args[0] in TOOLS:
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             cli_main(argv)  # None: LightningCLI reads sys.argv itself
     except BrokenPipeError:  # `seqkit translate ... | head`: the reader has all it wants
         sys.stderr.close()
-    except (DataError, FileNotFoundError) as err:  # bad input: its message says what to fix
+    except (DataError, ConfigError, FileNotFoundError) as err:  # bad input, named
         sys.exit(f"seqkit {args[0]}: {err}")
     except OSError as err:  # an output that cannot be written: full disk, no permission
         sys.exit(f"seqkit {args[0]}: {err.filename or 'output'}: {err.strerror or err}")

@@ -3,3 +3,7 @@
 
 class DataError(ValueError):
     """Bad input data; the message names the file (and line) and what to do."""
+
+
+class ConfigError(ValueError):
+    """A setting a model or data module refused; the message names the setting."""

@@ -176,3 +176,16 @@ def test_resuming_continues_the_step_count_and_schedule(fitted):
     assert counter.tokens == (7 - done) * epoch_tokens
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == trainer.global_step  # one schedule, continued
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("--data.max_tokens=100", "max_tokens=100 must be >= max_length=256"),
+     ("--data.held_out=-1", "held_out must be >= 0, got -1")],
+)  # fmt: skip
+def test_a_refused_setting_is_one_line_naming_it(option, message):
+    recipe = str(ROOT / "recipes/transformer-multi30k.yaml")
+    result = seqkit("fit", "--config", recipe, "--data.path=/nowhere", option)
+    assert result.returncode == 1 and result.stdout.strip() in ("", "Seed set to 1")
+    assert result.stderr.strip().splitlines()[-1] == f"seqkit fit: {message}"
+    assert "Traceback" not in result.stderr and "Namespace" not in result.stderr

@@ -13,6 +13,7 @@ import torch
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from seqkit.errors import ConfigError
 from seqkit.labeler import Labeler
 from seqkit.lit.classifier import Classifier
 from seqkit.lit.seq2seq import Seq2Seq
@@ -59,7 +60,10 @@ class SeqkitCLI(LightningCLI):
         modules differ (ImageData has no tokenizer) and a link would overwrite a tokenizer
         the user gave, which `Seq2Seq.setup` should refuse by name instead.
         """
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as err:  # jsonargparse wraps a class's own message in its Namespace
+            raise ConfigError(str(_first_cause(err))) from err
         init_from = getattr(self.model, "init_from", None)
         data = self.datamodule
         if init_from and hasattr(data, "use_tokenizer") and not data.tokenizer_dir:
@@ -129,6 +133,13 @@ class SeqkitCLI(LightningCLI):
         # One line per row, always: a hypothesis holding a line break must not become two.
         out.write_text("".join(f"{one_line(str(text))}\n" for _, text in rows), encoding="utf-8")
         print(f"{len(rows)} translations written to {out}")
+
+
+def _first_cause(err: BaseException) -> BaseException:
+    """The exception that started a chain: what a model or data class said was wrong."""
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
