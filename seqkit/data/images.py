@@ -139,13 +139,15 @@ def load_hub(
     label_column = _column(first, label_column, LABEL_COLUMNS, path)
     feature = first.features[label_column]
     classes = list(getattr(feature, "names", []))
-    images, labels = [], []
+    images, labels, where = [], [], []
     for name in names:
         data = splits[name]
         for start in range(0, len(data), 1000):
             rows = data[start : start + 1000]
             images += [_pixels(image, image_size) for image in rows[image_column]]
             labels += rows[label_column]
+            where += [_image_name(image, path, f"{name} row {start + i}")
+                      for i, image in enumerate(rows[image_column])]  # fmt: skip
     if labels and isinstance(labels[0], str):
         classes = sorted(set(labels))
         ids = {name: i for i, name in enumerate(classes)}
@@ -153,7 +155,18 @@ def load_hub(
     y = torch.tensor(labels, dtype=torch.int64)
     classes = classes or [str(i) for i in range(int(y.max()) + 1 if len(y) else 0)]
     n_test = len(splits["test"]) if "test" in splits and len(names) > 1 else 0
-    return ImagePool(_stack(images, path), y, classes, n_test)
+    return ImagePool(_stack(images, path, where), y, classes, n_test)
+
+
+def _image_name(image: Any, root: str, fallback: str) -> str:
+    """How an error names one image: its file (relative to an image folder), else its row."""
+    filename = getattr(image, "filename", "")
+    if not filename:
+        return fallback
+    try:
+        return str(Path(filename).relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(filename)
 
 
 def _column(data: Any, given: str | None, defaults: Sequence[str], path: str) -> str:
@@ -173,17 +186,19 @@ def _pixels(image: Any, image_size: int | None) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _stack(images: Sequence[np.ndarray], where: str) -> Tensor:
-    """uint8 (H, W) or (H, W, 3) arrays -> (N, C, H, W); gray ones join color ones as RGB."""
+def _stack(images: Sequence[np.ndarray], where: str, names: Sequence[str] | None = None) -> Tensor:
+    """uint8 (H, W) or (H, W, 3) arrays -> (N, C, H, W); gray ones join color ones as RGB.
+    `names` name the images in errors (default: "image i")."""
     if not images:
         raise DataError(f"{where}: no images")
     color = any(image.ndim == 3 for image in images)
     arrays = [np.repeat(x[..., None], 3, -1) if color and x.ndim == 2 else x for x in images]
+    names = names or [f"image {i}" for i in range(len(arrays))]
     for i, x in enumerate(arrays):
         if x.shape != arrays[0].shape:
             raise DataError(
-                f"{where}: image {i} is {x.shape[:2]}, image 0 is {arrays[0].shape[:2]}; "
-                "give image_size= to resize them"
+                f"{where}: {names[i]} is {x.shape[:2]} pixels (height, width), {names[0]} is "
+                f"{arrays[0].shape[:2]}; give image_size= to resize them"
             )
     stacked = torch.from_numpy(np.stack(arrays))
     return stacked.permute(0, 3, 1, 2).contiguous() if color else stacked[:, None]
