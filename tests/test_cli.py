@@ -165,8 +165,15 @@ def test_resuming_continues_the_step_count_and_schedule(fitted):
 
     last = fitted / "lightning_logs/version_0/checkpoints/last.ckpt"
     state = torch.load(last, weights_only=True)
+    first_export = (fitted / "lightning_logs/version_0/model/model.safetensors").read_bytes()
     cli = cli_main(["fit", *corpus_args(fitted), f"--ckpt_path={last}", "--trainer.max_epochs=7"])
     trainer = cli.trainer
+    # The resumed run exports into its own directory, never into the run it resumed.
+    assert Path(trainer.log_dir).name != "version_0"
+    assert (Path(trainer.log_dir) / "model" / "model.safetensors").is_file()
+    assert (
+        fitted / "lightning_logs/version_0/model/model.safetensors"
+    ).read_bytes() == first_export
     done = state["epoch"] + 1  # epochs finished when the checkpoint was written
     assert trainer.global_step == state["global_step"] + (7 - done) * trainer.num_training_batches
     # Only the remaining epochs were trained, on the same batches: a restart would train 7.
@@ -189,3 +196,23 @@ def test_a_refused_setting_is_one_line_naming_it(option, message):
     assert result.returncode == 1 and result.stdout.strip() in ("", "Seed set to 1")
     assert result.stderr.strip().splitlines()[-1] == f"seqkit fit: {message}"
     assert "Traceback" not in result.stderr and "Namespace" not in result.stderr
+
+
+def test_a_run_that_saves_no_checkpoint_exports_under_its_own_directory(
+    fitted, tmp_path, monkeypatch
+):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    save_dir = tmp_path / "wandb-runs"
+    cli = cli_main(["fit", *corpus_args(fitted), f"--trainer.default_root_dir={tmp_path / 'root'}",
+                    "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
+                    "--trainer.logger.offline=true", f"--trainer.logger.save_dir={save_dir}",
+                    "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+                    "--trainer.limit_test_batches=1"])  # fmt: skip
+    import wandb
+
+    wandb.finish()
+    assert not cli.trainer.checkpoint_callback.best_model_path  # no checkpoint was saved
+    assert not (tmp_path / "cwd" / "model").exists()  # not the current directory
+    (config,) = save_dir.glob("**/model/config.json")
+    assert cli.trainer.logger.version in config.parts  # the run's own directory

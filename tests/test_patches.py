@@ -251,7 +251,7 @@ def test_image_folder_classes_are_subfolders(tmp_path):
     assert ImageData(str(tmp_path), val_size=2, test_size=2, image_size=4).image_shape == (1, 4, 4)
     Image.fromarray(np.zeros((20, 10), np.uint8)).save(tmp_path / "dog" / "odd.png")
     with pytest.raises(DataError, match=r"dog/odd\.png is \(20, 10\) pixels"):
-        ImageData(str(tmp_path), val_size=2, test_size=2).image_shape
+        ImageData(str(tmp_path), val_size=2, test_size=2).setup()
 
 
 # --- augmentation -----------------------------------------------------------------------------

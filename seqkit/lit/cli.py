@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,7 @@ import lightning as L
 import torch
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from seqkit.errors import ConfigError
 from seqkit.labeler import Labeler
@@ -102,7 +104,7 @@ class SeqkitCLI(LightningCLI):
             )
             metrics = {k: round(float(v), 4) for k, v in results[0].items()} if results else {}
         # Beside the checkpoints (version_N/model), so that runs never overwrite each other.
-        run_dir = Path(best).parent.parent if best else Path(trainer.log_dir or ".")
+        run_dir = run_directory(trainer)
         recipes = self._get(self.config, "config") or []
         if recipes:
             self.model.provenance["recipe"] = " ".join(str(path) for path in recipes)
@@ -124,7 +126,7 @@ class SeqkitCLI(LightningCLI):
             gathered = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, predictions)
             predictions = [pair for part in gathered for pair in part]
-        run_dir = Path(self.trainer.log_dir or ".")  # every rank: log_dir broadcasts
+        run_dir = run_directory(self.trainer)
         if not self.trainer.is_global_zero or not predictions:
             return
         rows = sorted(dict(predictions).items())  # repeated rows (evened-out ranks) count once
@@ -133,6 +135,21 @@ class SeqkitCLI(LightningCLI):
         # One line per row, always: a hypothesis holding a line break must not become two.
         out.write_text("".join(f"{one_line(str(text))}\n" for _, text in rows), encoding="utf-8")
         print(f"{len(rows)} translations written to {out}")
+
+
+def run_directory(trainer: L.Trainer) -> Path:
+    """This run's own directory, for its exported model and predictions: where its
+    checkpoints go (a resumed run's `best_model_path` may still be an earlier run's), else its
+    CSV or TensorBoard logger's versioned directory, else one under `default_root_dir` named
+    by its logger's version (e.g. a W&B run id), never the current directory."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath:
+        return Path(callback.dirpath).parent
+    if isinstance(trainer.logger, CSVLogger | TensorBoardLogger):
+        return Path(trainer.log_dir)
+    version = getattr(trainer.logger, "version", None)
+    name = f"version_{version}" if version is not None else time.strftime("run-%Y%m%d-%H%M%S")
+    return Path(trainer.default_root_dir) / name
 
 
 def _first_cause(err: BaseException) -> BaseException:
