@@ -5,6 +5,7 @@ directory without Lightning."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -105,9 +106,9 @@ def _check_output(parser: argparse.ArgumentParser, src: str | None, out: str | N
 class _Report:
     """Counts what a user must hear about (to stderr) while lines stream through."""
 
-    def __init__(self, text_output: bool) -> None:
-        self.n = 0
-        self.start = time.perf_counter()
+    def __init__(self, text_output: bool, start: int = 0) -> None:
+        self.n = self.start = start  # lines done before this run (--resume)
+        self.clock = time.perf_counter()
         self.truncated: list[int] = []
         self.hit_limit: list[int] = []
         self.line_breaks: list[int] = []
@@ -123,14 +124,14 @@ class _Report:
             self.line_breaks.append(self.n)
 
     def progress(self, stream: TextIO) -> None:
-        seconds = time.perf_counter() - self.start
-        stream.write(f"\r{self.n:,} lines, {self.n / max(seconds, 1e-9):,.1f} sentences/s")
+        seconds, n = time.perf_counter() - self.clock, self.n - self.start
+        stream.write(f"\r{n:,} lines, {n / max(seconds, 1e-9):,.1f} sentences/s")
         stream.flush()
 
     def close(self, stream: TextIO, positions: int | None) -> None:
-        seconds = time.perf_counter() - self.start
-        stream.write(f"\r{self.n:,} lines translated in {seconds:.1f} s "
-                     f"({self.n / max(seconds, 1e-9):,.1f} sentences/s)\n")  # fmt: skip
+        seconds, n = time.perf_counter() - self.clock, self.n - self.start
+        stream.write(f"\r{n:,} lines translated in {seconds:.1f} s "
+                     f"({n / max(seconds, 1e-9):,.1f} sentences/s)\n")  # fmt: skip
         for lines, what in (
             (self.truncated, f"source(s) longer than max_positions={positions} tokens, cut"),
             (self.hit_limit, "translation(s) stopped at their length limit without ending"),
@@ -185,21 +186,35 @@ def translate_main(argv: list[str]) -> None:
         "with its hypotheses and scores",
     )
     parser.add_argument("--chunk-size", type=int, default=2000, help="lines read at a time")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped run: keep --out's complete outputs, drop a partial last one, "
+        "and translate the input from the first line not yet done",
+    )
     args = parser.parse_args(argv)
     if args.chunk_size < 1:
         _usage_error(parser, "--chunk-size", f"must be at least 1, got {args.chunk_size}")
+    if args.resume and not args.out:
+        _usage_error(parser, "--resume", "needs --out, the file to continue")
     translator = _load(parser, args)
     translator.check_text_source()
     lines = _input(args.src)
     _check_output(parser, args.src, args.out)
     decoding = translator.decoding
-    report = _Report(text_output=args.format == "text")
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    per_input = decoding.n_best if args.format == "text" and decoding.n_best > 1 else 1
+    done = _resume_point(Path(args.out), per_input) if args.resume else 0
+    if done:
+        lines = itertools.islice(lines, done, None)
+        print(f"resuming {args.out} after {done:,} lines of input", file=sys.stderr)
+    report = _Report(text_output=args.format == "text", start=done)
+    mode = "a" if args.resume else "w"
+    out = open(args.out, mode, encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     try:
         stream = translator.translate_stream(
             lines, max_tokens=args.max_tokens, chunk_size=args.chunk_size
         )
-        for index, translation in enumerate(stream):
+        for index, translation in enumerate(stream, start=done):
             _write(out, index, translation, args.format, decoding.n_best)
             report.add(translation)
             if report.n % args.chunk_size == 0:  # a chunk is done: let readers have it
@@ -211,6 +226,24 @@ def translate_main(argv: list[str]) -> None:
         if out is not sys.stdout:
             out.close()
     report.close(sys.stderr, translator.max_positions)
+
+
+def _resume_point(path: Path, per_input: int) -> int:
+    """How many inputs `path` holds complete (`per_input` lines each); cuts off what follows
+    them (a line or n-best group a stopped run left half written)."""
+    if not path.exists():
+        return 0
+    lines = offset = keep = 0
+    with path.open("rb") as f:  # line by line: the file may be larger than memory
+        for line in f:
+            offset += len(line)
+            if line.endswith(b"\n"):
+                lines += 1
+                keep = offset if lines % per_input == 0 else keep
+    if keep < offset:
+        with path.open("r+b") as f:
+            f.truncate(keep)
+    return lines // per_input
 
 
 def evaluate_main(argv: list[str]) -> None:

@@ -380,3 +380,47 @@ def test_an_image_wider_than_the_positions_is_cut_and_flagged():
     (cut, whole) = translator.read_translations([wide, fits], decoding)
     assert cut.source_truncated and not whole.source_truncated
     assert cut.text == whole.text  # the same pixels were read
+
+
+@pytest.mark.parametrize("flags", [[], ["--beam", "3", "--nbest", "2"], ["--format", "jsonl"]])
+def test_resume_continues_a_stopped_translation_without_repeating_or_skipping(flags, tmp_path):
+    model = str(LEGACY / "transformer")
+    src = tmp_path / "src.txt"
+    src.write_text("".join(f"{num2words(n)}\n" if n % 5 else "\n" for n in range(12)))
+    common = ["translate", "--model", model, "--src", str(src), "--max-len", "4", *flags]
+    whole = seqkit(*common, "--out", str(tmp_path / "whole.txt"))
+    assert whole.returncode == 0, whole.stderr
+    expected = (tmp_path / "whole.txt").read_text()
+    per_input = 2 if "--nbest" in flags else 1
+    lines = expected.splitlines(keepends=True)
+    stopped = tmp_path / "stopped.txt"  # 3 inputs done, the 4th half written
+    stopped.write_text("".join(lines[: 3 * per_input + per_input // 2]) + lines[-1][:3])
+    resumed = seqkit(*common, "--out", str(stopped), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "after 3 lines of input" in resumed.stderr
+    assert stopped.read_text() == expected
+
+
+def test_resume_after_a_kill(tmp_path):
+    import signal
+    import time
+
+    model = str(LEGACY / "transformer")
+    src = tmp_path / "src.txt"
+    src.write_text("".join(f"{num2words(n)}\n" for n in range(400)))
+    common = ["translate", "--model", model, "--src", str(src), "--max-len", "3", "--beam", "1"]
+    out = tmp_path / "out.txt"
+    process = subprocess.Popen([sys.executable, "-m", "seqkit.cli", *common, "--out", str(out),
+                                "--chunk-size", "1"], stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 200):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = out.read_text().count("\n")
+    assert 0 < done < 400  # killed midway
+    assert seqkit(*common, "--out", str(out), "--resume").returncode == 0
+    expected = Translator.from_pretrained(model).translate(
+        src.read_text().splitlines(), DecodingConfig(beam_size=1, max_len=3)
+    )
+    assert out.read_text().splitlines() == expected
