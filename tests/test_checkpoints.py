@@ -62,3 +62,37 @@ def test_every_familys_checkpoint_exports_averages_tests_and_predicts(family, co
     predicted = cli_main(["predict", *options, f"--ckpt_path={checkpoints[-1]}"])
     lines = (Path(predicted.trainer.log_dir) / "predictions.txt").read_text().splitlines()
     assert len(lines) == 50  # test split: one line per source, in order
+
+
+class Payload:
+    """What a malicious checkpoint carries: unpickling it runs code (here, writes a file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.mark.parametrize("command", ["export", "average", "test"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(command, corpus, tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    marker = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": Payload(marker)}, "global_step": 1}, evil)
+    argv = {
+        "export": ["export", str(evil), str(tmp_path / "out")],
+        "average": ["average", str(evil), "--out", str(tmp_path / "out")],
+        "test": ["test", *args("transformer", corpus, tmp_path), f"--ckpt_path={evil}"],
+    }[command]
+    result = subprocess.run([sys.executable, "-m", "seqkit.cli", *argv], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode != 0
+    assert not marker.exists()  # the payload never ran
+    if command != "test":  # ours: one line naming the file
+        assert f"{evil}: not a plain-data PyTorch checkpoint" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -424,3 +424,25 @@ def test_resume_after_a_kill(tmp_path):
         src.read_text().splitlines(), DecodingConfig(beam_size=1, max_len=3)
     )
     assert out.read_text().splitlines() == expected
+
+
+class Payload:
+    """Unpickling it runs code (writes a file): what a malicious model file would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "pwned"))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_a_pickle_planted_in_a_model_directory_never_runs(name, tmp_path):
+    marker = tmp_path / "pwned.txt"
+    directory = broken_copy(tmp_path, lambda d: torch.save({"w": Payload(marker)}, d / name))
+    if name == "model.safetensors":
+        with pytest.raises(ValueError, match="not a readable safetensors file"):
+            Translator.from_pretrained(directory)
+    else:  # a file seqkit never reads: the model loads from its safetensors
+        assert Translator.from_pretrained(directory).translate(["seven"])
+    assert not marker.exists()

@@ -178,8 +178,11 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
 
 def load_checkpoint(path: str | Path) -> Seq2Seq | Classifier:
     """A Lightning checkpoint of Seq2Seq or Classifier, read without unpickling code
-    (weights_only); the class is the one the checkpoint names, any model family."""
-    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    (weights_only: a file that holds code is refused with a ValueError naming it); the class
+    is the one the checkpoint names, any model family."""
+    from seqkit.average import read_checkpoint
+
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
     cls = Classifier if str(hparams.get("_class_path", "")).endswith(".Classifier") else Seq2Seq
     # LightningCLI's instantiator would parse the saved `config` dict against the signature's
