@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return
-    from seqkit.errors import ConfigError, DataError
+    from seqkit.errors import ConfigError, DataError, TrainingError
 
     try:
         if args[0] in TOOLS:
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
             cli_main(argv)  # None: LightningCLI reads sys.argv itself
     except BrokenPipeError:  # `seqkit translate ... | head`: the reader has all it wants
         sys.stderr.close()
-    except (DataError, ConfigError, FileNotFoundError) as err:  # bad input, named
+    except (DataError, ConfigError, TrainingError, FileNotFoundError) as err:  # named
         sys.exit(f"seqkit {args[0]}: {err}")
     except OSError as err:  # an output that cannot be written: full disk, no permission
         sys.exit(f"seqkit {args[0]}: {err.filename or 'output'}: {err.strerror or err}")

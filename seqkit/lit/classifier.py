@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from seqkit.labeler import Labeler
+from seqkit.lit.nonfinite import NonFiniteGuard
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.lit.seq2seq import _as
 from seqkit.models import (
@@ -50,6 +51,8 @@ class Classifier(L.LightningModule):
             at 0 come from the data module.
         optimizer: AdamW and its learning-rate schedule.
         label_smoothing: mass spread uniformly over the classes (Szegedy et al., 2016).
+        nonfinite_patience: a training step whose loss is NaN or infinite is skipped and
+            counted; this many in a row stop training with an error.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Classifier(L.LightningModule):
         config: ViTConfig | ReaderConfig = ViTConfig(),
         optimizer: OptimizerConfig = OptimizerConfig(),
         label_smoothing: float = 0.0,
+        nonfinite_patience: int = 10,
     ) -> None:
         super().__init__()
         self.config = (
@@ -64,6 +68,7 @@ class Classifier(L.LightningModule):
         )
         self.optim_config = _as(OptimizerConfig, optimizer)
         self.label_smoothing = label_smoothing
+        self.guard = NonFiniteGuard(nonfinite_patience)
         self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`
         self._update_hparams()
         # What `predict` needs besides the weights; kept in checkpoints and config.json.
@@ -86,6 +91,7 @@ class Classifier(L.LightningModule):
             "config": asdict(self.config),
             "optimizer": asdict(self.optim_config),
             "label_smoothing": self.label_smoothing,
+            "nonfinite_patience": self.guard.patience,
         }
 
     def _build_net(self) -> None:
@@ -176,6 +182,8 @@ class Classifier(L.LightningModule):
                 return None
         logits = self.net(images)  # (B, K)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        if stage == "train" and not self.guard.usable(self, loss):
+            return None  # Lightning skips this step's backward and optimizer step
         mean_loss, accuracy = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_accuracy"]
         mean_loss(loss.detach(), labels.numel())
         accuracy(logits.detach(), labels)

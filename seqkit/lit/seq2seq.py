@@ -19,6 +19,7 @@ from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig
 from seqkit.lit import finetune
 from seqkit.lit.loss import label_smoothed_nll
+from seqkit.lit.nonfinite import NonFiniteGuard
 from seqkit.lit.optim import OptimizerConfig, configure_adamw
 from seqkit.metrics import translation_scores
 from seqkit.models import (
@@ -54,6 +55,8 @@ class Seq2Seq(L.LightningModule):
             dropout rates.
         freeze: parts left untrained: "embeddings" (every token and position embedding,
             and the output projection when tied to one) and/or "encoder" (its layers).
+        nonfinite_patience: a training step whose loss is NaN or infinite is skipped and
+            counted; this many in a row stop training with an error.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Seq2Seq(L.LightningModule):
         label_smoothing: float = 0.1,
         init_from: str | None = None,
         freeze: list[Literal["embeddings", "encoder"]] | None = None,
+        nonfinite_patience: int = 10,
     ) -> None:
         super().__init__()
         self._legacy_source: dict = {}  # sizes older checkpoints kept in the config
@@ -78,6 +82,7 @@ class Seq2Seq(L.LightningModule):
         self.optim_config = _as(OptimizerConfig, optimizer)
         self.decoding = _as(DecodingConfig, decoding)
         self.label_smoothing = label_smoothing
+        self.guard = NonFiniteGuard(nonfinite_patience)
         self.init_from, self.freeze = init_from, list(freeze or ())
         self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`
         self._update_hparams()
@@ -110,6 +115,7 @@ class Seq2Seq(L.LightningModule):
             # directory the run started from.
             "init_from": None,
             "freeze": self.freeze,
+            "nonfinite_patience": self.guard.patience,
         }
 
     @property
@@ -219,6 +225,8 @@ class Seq2Seq(L.LightningModule):
         logits = self.net(src, batch["tgt_in"], src_mask)
         loss, nll, n_tokens = label_smoothed_nll(logits, batch["tgt_out"], self.label_smoothing)
         if stage == "train":
+            if not self.guard.usable(self, loss):
+                return None  # Lightning skips this step's backward and optimizer step
             self.log("train/loss", loss, batch_size=n_tokens, prog_bar=True)
             self.log("train/ppl", nll.exp(), batch_size=n_tokens)
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n_tokens)
