@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from seqkit.models import ImageModelConfig, build_model
+from seqkit.models import ImageModelConfig
 from seqkit.models.patches import normalize
-from seqkit.pretrained import load_weights, read_directory, save_directory
+from seqkit.pretrained import load_network, read_directory, save_directory
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Labeler:
             ValueError: naming the file, for a config or weights that do not fit.
         """
         meta, config, _ = read_directory(directory, ImageModelConfig)  # refuses a seq2seq model
-        net = load_weights(build_model(config).eval(), directory, device)
+        net = load_network(config, None, directory, device)
         stats = meta.get("normalization") or {}
         return cls(net, meta.get("class_names"), stats.get("mean"), stats.get("std"),
                    meta.get("provenance", {}))  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -69,6 +69,35 @@ def read_directory(directory: str | Path, union=ModelConfig | ImageModelConfig):
     meta, config = read_model_config(directory, union)
     _, legacy = split_legacy_source(meta["config"])
     return meta, config, legacy
+
+
+def load_network(config, image_source, directory: str | Path, device: str = "cpu") -> nn.Module:
+    """The network of `config` with the weights of `directory`, in eval mode. The shapes in
+    model.safetensors' header are checked against the network built on the meta device
+    first, so that a config.json promising other sizes allocates nothing.
+
+    Raises:
+        FileNotFoundError: when there is no model.safetensors.
+        ValueError: naming the file, when its tensors do not fit the config.
+    """
+    from seqkit.models import build_model
+
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
+    try:
+        with safe_open(str(path), "pt") as f:
+            stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    with torch.device("meta"):
+        expected = {
+            k: tuple(v.shape) for k, v in build_model(config, image_source).state_dict().items()
+        }
+    for key, shape in expected.items():
+        if key in stored and stored[key] != shape:
+            raise ValueError(f"{path}: {MISFIT}: {key} is {stored[key]}, the config makes {shape}")
+    return load_weights(build_model(config, image_source).eval(), directory, device)
 
 
 def load_weights(net: nn.Module, directory: str | Path, device: str = "cpu") -> nn.Module:

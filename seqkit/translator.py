@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from seqkit.data.batching import TokenBatchSampler, pad
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig, Hypothesis, length_limits, search
-from seqkit.models import ModelConfig, build_model
+from seqkit.models import ModelConfig
 from seqkit.models.patches import ImageSource
 from seqkit.models.source import source_mask
-from seqkit.pretrained import load_tokenizers, load_weights, read_directory, save_directory
+from seqkit.pretrained import load_network, load_tokenizers, read_directory, save_directory
 from seqkit.tokens import EOS
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
@@ -275,5 +275,5 @@ class Translator:
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
         tokenizers = load_tokenizers(directory)
-        net = load_weights(build_model(config, source).eval(), directory, device)
+        net = load_network(config, source, directory, device)
         return cls(net, tokenizers, decoding, source, meta.get("provenance", {}))

@@ -106,10 +106,55 @@ def config_from_dict(
         known = ", ".join(c.__name__ for c in typing.get_args(union))
         raise ValueError(f"{source}: keys {sorted(data)} fit {len(matches)} of the model "
                          f"configs ({known}); expected exactly one")  # fmt: skip
+    check_values(matches[0], data, source)
     try:
         return matches[0](**data)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ZeroDivisionError) as err:
         raise ValueError(f"{source}: {err}") from None
+
+
+# Widths a network cannot be built without; other sizes may be 0 (filled in from the data).
+POSITIVE = {"d_model", "n_heads", "d_ff", "hidden_size", "embed_dim", "max_positions",
+            "patch_size"}  # fmt: skip
+
+
+def check_values(cls: type, data: dict, source: str) -> None:
+    """Raise ValueError, naming `source` and the field, unless every value of `data` has its
+    field's type (int, finite float, bool, a Literal's choices, tuple[int, int]) and sizes are
+    not negative (positive for the widths in POSITIVE): config.json is untrusted input."""
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        kind = hints.get(name)
+        if kind is None:
+            continue  # an unknown key: the constructor names it
+        if not _fits(kind, value) or (name in POSITIVE and value < 1):
+            want = "a positive int" if name in POSITIVE else _describe(kind)
+            raise ValueError(f"{source}: {name}={value!r:.60} is not {want}")
+
+
+def _fits(kind, value) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        return value in args
+    if origin is tuple:
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(args)
+            and all(_fits(a, v) for a, v in zip(args, value, strict=True))
+        )
+    if kind is bool:
+        return type(value) is bool
+    if kind is int:
+        return type(value) is int and value >= 0
+    if kind is float:
+        return type(value) in (int, float) and 0 <= value < float("inf")
+    return True
+
+
+def _describe(kind) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return f"one of {list(typing.get_args(kind))}"
+    return {bool: "true or false", int: "an int >= 0", float: "a number >= 0"}.get(kind, str(kind))
 
 
 def keys_fit(data: dict, cls: type) -> bool:
