@@ -6,6 +6,8 @@ Nothing is ever unpickled."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +92,30 @@ def load_network(config, image_source, directory: str | Path, device: str = "cpu
             stored = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    with torch.device("meta"):
-        expected = {
-            k: tuple(v.shape) for k, v in build_model(config, image_source).state_dict().items()
-        }
+    with _on_meta():
+        net = build_model(config, image_source)
+    expected = {key: tuple(value.shape) for key, value in net.state_dict().items()}
     for key, shape in expected.items():
         if key in stored and stored[key] != shape:
             raise ValueError(f"{path}: {MISFIT}: {key} is {stored[key]}, the config makes {shape}")
     return load_weights(build_model(config, image_source).eval(), directory, device)
+
+
+@contextmanager
+def _on_meta() -> Iterator[None]:
+    """Build modules on the meta device (shapes, no memory), skipping `normal_` there: its
+    meta decomposition imports torch._dynamo, about two seconds of start-up."""
+    original = torch.nn.init.normal_
+
+    def normal_(tensor, *args, **kwargs):
+        return tensor if tensor.is_meta else original(tensor, *args, **kwargs)
+
+    torch.nn.init.normal_ = normal_
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        torch.nn.init.normal_ = original
 
 
 def load_weights(net: nn.Module, directory: str | Path, device: str = "cpu") -> nn.Module:

@@ -91,14 +91,15 @@ def test_a_config_naming_an_unknown_model_type_is_refused_by_file(tokenizers, tm
 
 
 def test_translating_loads_no_lightning_datasets_or_scikit_learn():
+    """Nor torch._dynamo (about 2 s of start-up), which meta-device ops can pull in."""
     code = (
         "import sys, seqkit\n"
         "assert 'lightning' not in sys.modules and 'torch' not in sys.modules\n"
         "from seqkit.translator import Translator\n"
         f"t = Translator.from_pretrained({str(LEGACY / 'transformer')!r})\n"
         "t.translate(['seven', ''])\n"
-        "print(sorted(m for m in ('lightning', 'datasets', 'sklearn', 'pytorch_lightning')"
-        " if m in sys.modules))\n"
+        "print(sorted(m for m in ('lightning', 'datasets', 'sklearn', 'pytorch_lightning',"
+        " 'torch._dynamo') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
