@@ -68,6 +68,18 @@ def data_provenance(hparams, name: str) -> dict[str, Any]:
     return {"class": name, **{k: hparams[k] for k in keys if k in hparams}}
 
 
+def checkpoint_provenance(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What a Lightning checkpoint says of its weights' origin: the provenance seqkit keeps
+    in it, else (older checkpoints) the data module's hyperparameters Lightning saved."""
+    provenance = dict(checkpoint.get("provenance", {}))
+    data = checkpoint.get("datamodule_hyper_parameters")
+    if "data" not in provenance and data:
+        name = str(data.get("_class_path", "")).rsplit(".", 1)[-1]
+        provenance["data"] = data_provenance(data, name or "unknown")
+    provenance.setdefault("steps", checkpoint.get("global_step"))
+    return provenance
+
+
 def public_data(data: dict[str, Any]) -> dict[str, Any]:
     """Training-data provenance with local paths reduced to file or directory names."""
     return {k: data_name(v) if k in DATA_PATH_KEYS and isinstance(v, str) else v

@@ -16,8 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from seqkit.labeler import Labeler
 from seqkit.lit.nonfinite import NonFiniteGuard
-from seqkit.lit.optim import OptimizerConfig, configure_adamw
-from seqkit.lit.seq2seq import _as
+from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw
 from seqkit.models import (
     ImageModelConfig,
     ReaderConfig,
@@ -66,7 +65,7 @@ class Classifier(L.LightningModule):
         self.config = (
             config_from_dict(config, union=ImageModelConfig) if isinstance(config, dict) else config
         )
-        self.optim_config = _as(OptimizerConfig, optimizer)
+        self.optim_config = as_config(OptimizerConfig, optimizer)
         self.label_smoothing = label_smoothing
         self.guard = NonFiniteGuard(nonfinite_patience)
         self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`

@@ -58,3 +58,8 @@ def configure_adamw(module: nn.Module, config: OptimizerConfig, total_steps: int
         optimizer, lambda step: lr_factor(step, config, total_steps)
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def as_config(cls: type, value):
+    """Configs arrive as dataclasses (Python, CLI) or as dicts (checkpoints)."""
+    return cls(**value) if isinstance(value, dict) else value

@@ -13,14 +13,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from seqkit.card import data_provenance
+from seqkit.card import checkpoint_provenance, data_provenance
 from seqkit.data.inputs import ModelInputs
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig
 from seqkit.lit import finetune
 from seqkit.lit.loss import label_smoothed_nll
 from seqkit.lit.nonfinite import NonFiniteGuard
-from seqkit.lit.optim import OptimizerConfig, configure_adamw
+from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw
 from seqkit.metrics import translation_scores
 from seqkit.models import (
     ModelConfig,
@@ -33,11 +33,6 @@ from seqkit.models import config_to_dict as model_config_to_dict
 from seqkit.models.patches import ImageSource
 from seqkit.models.source import check_source_sizes, source_sizes_known
 from seqkit.translator import Translator
-
-
-def _as(cls: type, value):
-    """Configs arrive as dataclasses (Python, CLI) or as dicts (checkpoints)."""
-    return cls(**value) if isinstance(value, dict) else value
 
 
 class Seq2Seq(L.LightningModule):
@@ -79,8 +74,8 @@ class Seq2Seq(L.LightningModule):
         if pretrained is not None:
             config = finetune.fine_tuning_config(pretrained.config, config, init_from)
         self.config = config
-        self.optim_config = _as(OptimizerConfig, optimizer)
-        self.decoding = _as(DecodingConfig, decoding)
+        self.optim_config = as_config(OptimizerConfig, optimizer)
+        self.decoding = as_config(DecodingConfig, decoding)
         self.label_smoothing = label_smoothing
         self.guard = NonFiniteGuard(nonfinite_patience)
         self.init_from, self.freeze = init_from, list(freeze or ())
@@ -146,10 +141,9 @@ class Seq2Seq(L.LightningModule):
                 "the data module's tokenizer is not the one this model was trained with; "
                 "reuse the model's tokenizer (TranslationData(tokenizer=MODEL_DIR)) or train anew"
             )
-        if self.image_source not in (None, inputs.image_source) and inputs.image_source:
-            old, new = self.image_source, inputs.image_source
-            if (old.patch_size, old.channels) != (new.patch_size, new.channels):
-                raise ValueError(f"the data cuts {new} but the model reads {old}")
+        old, new = self.image_source, inputs.image_source
+        if old and new and (old.patch_size, old.channels) != (new.patch_size, new.channels):
+            raise ValueError(f"the data cuts {new} but the model reads {old}")
         self.tokenizers = inputs.tokenizers
         self.image_source = inputs.image_source or self.image_source
         limit = getattr(self.config, "max_positions", 0)
@@ -198,12 +192,7 @@ class Seq2Seq(L.LightningModule):
             data = {**self._legacy_source, **checkpoint["image_source"]}
             self.image_source = ImageSource.from_dict(data, "checkpoint image_source")
         self.configure_model()
-        self.provenance = dict(checkpoint.get("provenance", {}))
-        data = checkpoint.get("datamodule_hyper_parameters")
-        if "data" not in self.provenance and data:  # written before provenance was kept
-            name = str(data.get("_class_path", "")).rsplit(".", 1)[-1]
-            self.provenance["data"] = data_provenance(data, name or "unknown")
-        self.provenance.setdefault("steps", checkpoint.get("global_step"))
+        self.provenance = checkpoint_provenance(checkpoint)
 
     # -- training and evaluation ----------------------------------------------------------
     def configure_optimizers(self) -> dict:
