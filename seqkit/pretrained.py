@@ -98,7 +98,7 @@ def load_network(config, image_source, directory: str | Path, device: str = "cpu
     for key, shape in expected.items():
         if key in stored and stored[key] != shape:
             raise ValueError(f"{path}: {MISFIT}: {key} is {stored[key]}, the config makes {shape}")
-    return load_weights(build_model(config, image_source).eval(), directory, device)
+    return _fill(build_model(config, image_source).eval(), path, device)
 
 
 @contextmanager
@@ -118,16 +118,9 @@ def _on_meta() -> Iterator[None]:
         torch.nn.init.normal_ = original
 
 
-def load_weights(net: nn.Module, directory: str | Path, device: str = "cpu") -> nn.Module:
-    """Fill `net` from model.safetensors (every tensor must match by name and shape).
-
-    Raises:
-        FileNotFoundError: when there is no model.safetensors.
-        ValueError: naming the file, when its tensors do not fit the network.
-    """
-    path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; is {directory} a seqkit model directory?")
+def _fill(net: nn.Module, path: Path, device: str) -> nn.Module:
+    """`net` with the tensors of the safetensors file `path` (all of them, by name and
+    shape), on `device`; errors name the file or the device."""
     try:
         device = str(torch.device(device))
     except RuntimeError as err:
