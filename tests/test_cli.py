@@ -216,3 +216,20 @@ def test_a_run_that_saves_no_checkpoint_exports_under_its_own_directory(
     assert not (tmp_path / "cwd" / "model").exists()  # not the current directory
     (config,) = save_dir.glob("**/model/config.json")
     assert cli.trainer.logger.version in config.parts  # the run's own directory
+
+
+def test_resuming_applies_what_may_change_and_refuses_another_architecture(fitted, tmp_path):
+    last = fitted / "lightning_logs/version_0/checkpoints/last.ckpt"
+    resume = ["fit", *corpus_args(fitted), f"--ckpt_path={last}"]
+    with pytest.raises(SystemExit) as info:
+        main([*resume, "--model.init_args.config.d_model=32"])
+    assert "the checkpoint's architecture differs: model.config d_model=32 (checkpoint: 64)" in (
+        str(info.value)
+    )
+    cli = cli_main([*resume, "--trainer.max_epochs=7", "--model.init_args.optimizer.lr=0.03",
+                    "--model.init_args.decoding.beam_size=1"])  # fmt: skip
+    assert cli.model.optim_config.lr == 0.03 and cli.model.decoding.beam_size == 1
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.base_lrs == pytest.approx([0.03] * len(scheduler.base_lrs))  # was 0.003
+    recorded = (Path(cli.trainer.log_dir) / "config.yaml").read_text()
+    assert "lr: 0.03" in recorded and "beam_size: 1" in recorded

@@ -16,7 +16,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from seqkit.labeler import Labeler
 from seqkit.lit.nonfinite import NonFiniteGuard
-from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw
+from seqkit.lit.optim import (
+    OptimizerConfig,
+    as_config,
+    configure_adamw,
+    rescale_learning_rate,
+)
 from seqkit.models import (
     ImageModelConfig,
     ReaderConfig,
@@ -157,6 +162,7 @@ class Classifier(L.LightningModule):
         if stored.get("mean") is not None:
             self.mean, self.std = stored["mean"], stored["std"]
         self.provenance = dict(checkpoint.get("provenance", {}))
+        rescale_learning_rate(checkpoint, self.optim_config.lr)  # resuming with another lr
 
     # -- training and evaluation ----------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -55,6 +55,33 @@ class SeqkitCLI(LightningCLI):
             help="With --wandb: upload the best checkpoint (true) or every one (all) as artifacts",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI writes a checkpoint's hyperparameters over the parsed config, dropping
+        the command line's. Keep what a resumed run may change as given (RESUMABLE), and
+        refuse an architecture that differs from the checkpoint's, naming the fields."""
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].clone() if subcommand else None
+        super()._parse_ckpt_path()
+        if given is None or "init_args" not in (given.get("model") or {}):
+            return
+        resumed, given = self.config[subcommand].model.init_args, given.model.init_args
+        if "config" in given and "config" in resumed:
+            old, new = resumed.config.as_dict(), given.config.as_dict()
+            # A size left at 0 is filled in from the data: not a change.
+            changed = {
+                k: (old[k], v) for k, v in new.items() if k in old and v != old[k] and v != 0
+            }
+            if changed:
+                fields = ", ".join(f"{k}={v} (checkpoint: {o})" for k, (o, v) in changed.items())
+                raise ConfigError(
+                    f"--ckpt_path: the checkpoint's architecture differs: model.config {fields}; "
+                    "a resumed run keeps it (drop those settings, or fine-tune with "
+                    "model.init_from)"
+                )
+        for key in RESUMABLE:
+            if key in given:
+                resumed[key] = given[key]
+
     def instantiate_classes(self) -> None:
         """Instantiate, then hand a fine-tuned model's tokenizer to the data module.
 
@@ -135,6 +162,10 @@ class SeqkitCLI(LightningCLI):
         # One line per row, always: a hypothesis holding a line break must not become two.
         out.write_text("".join(f"{one_line(str(text))}\n" for _, text in rows), encoding="utf-8")
         print(f"{len(rows)} translations written to {out}")
+
+
+RESUMABLE = ("optimizer", "decoding", "label_smoothing", "nonfinite_patience")
+"""Seq2Seq/Classifier settings a run resumed with --ckpt_path takes from the command line."""
 
 
 def run_directory(trainer: L.Trainer) -> Path:

@@ -63,3 +63,22 @@ def configure_adamw(module: nn.Module, config: OptimizerConfig, total_steps: int
 def as_config(cls: type, value):
     """Configs arrive as dataclasses (Python, CLI) or as dicts (checkpoints)."""
     return cls(**value) if isinstance(value, dict) else value
+
+
+def rescale_learning_rate(checkpoint: dict, lr: float) -> None:
+    """Make a resumed run train at peak learning rate `lr` where the checkpoint's run had
+    another: its optimizer and scheduler states (restored after this) are scaled to match,
+    keeping the schedule's position."""
+    saved = (checkpoint.get("hyper_parameters") or {}).get("optimizer") or {}
+    old = saved.get("lr")
+    if not old or old == lr:
+        return
+    scale = lr / old
+    for state in checkpoint.get("optimizer_states", []):
+        for group in state.get("param_groups", []):
+            group["lr"] *= scale
+            group["initial_lr"] = group.get("initial_lr", old) * scale
+    for state in checkpoint.get("lr_schedulers", []):
+        for key in ("base_lrs", "_last_lr"):
+            if key in state:
+                state[key] = [value * scale for value in state[key]]

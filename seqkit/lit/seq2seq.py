@@ -20,7 +20,12 @@ from seqkit.decoding import DecodingConfig
 from seqkit.lit import finetune
 from seqkit.lit.loss import label_smoothed_nll
 from seqkit.lit.nonfinite import NonFiniteGuard
-from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw
+from seqkit.lit.optim import (
+    OptimizerConfig,
+    as_config,
+    configure_adamw,
+    rescale_learning_rate,
+)
 from seqkit.metrics import translation_scores
 from seqkit.models import (
     ModelConfig,
@@ -193,6 +198,7 @@ class Seq2Seq(L.LightningModule):
             self.image_source = ImageSource.from_dict(data, "checkpoint image_source")
         self.configure_model()
         self.provenance = checkpoint_provenance(checkpoint)
+        rescale_learning_rate(checkpoint, self.optim_config.lr)  # resuming with another lr
 
     # -- training and evaluation ----------------------------------------------------------
     def configure_optimizers(self) -> dict:
