@@ -15,7 +15,7 @@ both and how many decodes the server's batcher ran; the last line is server / in
 from __future__ import annotations
 
 import argparse
-import gzip
+import itertools
 import os
 import queue
 import random
@@ -30,15 +30,15 @@ from pathlib import Path
 import httpx
 from num2words import num2words
 
+from seqkit.textio import iter_lines
 from seqkit.translator import Translator
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_lines(path: str, n: int) -> list[str]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line, _ in zip(f, range(n), strict=False)]
+    """The first `n` lines of `path`, read as `seqkit translate` reads them."""
+    return list(itertools.islice(iter_lines(path), n))
 
 
 def number_words(n: int, seed: int = 0) -> list[str]:

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from num2words import num2words
+from test_checkpoints import Payload
+from test_cli import seqkit
 from torch import nn
 
 from seqkit.cli import main
@@ -235,11 +237,6 @@ def test_line_breaks_inside_a_hypothesis_never_break_line_alignment(
 
 
 # -- the command line ---------------------------------------------------------------------------
-def seqkit(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqkit.cli", *args], input=stdin,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "flags, message",
     [(["--beam", "0"], "argument --beam: must be at least 1, got 0"),
@@ -425,16 +422,6 @@ def test_resume_after_a_kill(tmp_path):
         src.read_text().splitlines(), DecodingConfig(beam_size=1, max_len=3)
     )
     assert out.read_text().splitlines() == expected
-
-
-class Payload:
-    """Unpickling it runs code (writes a file): what a malicious model file would carry."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.write_text, (self.marker, "pwned"))
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
