@@ -4,6 +4,7 @@ an epoch's end, with gradient accumulation and with worker processes."""
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -15,7 +16,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from seqkit import NumberWordsData, OptimizerConfig, Seq2Seq, TransformerConfig
-from seqkit.data.batching import ResumableLoader, TokenBatchDataset, TokenBatchSampler
+from seqkit.data.batching import (
+    Layout,
+    Repeat,
+    ResumableLoader,
+    TokenBatchDataset,
+    TokenBatchSampler,
+)
 
 TINY = TransformerConfig(
     d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ff=32, dropout=0.0,
@@ -24,10 +31,10 @@ TINY = TransformerConfig(
 EPOCHS = 3
 
 
-def make_data(cache: Path, num_workers: int = 0) -> NumberWordsData:
-    """120 training pairs in 9 batches."""
+def make_data(cache: Path, num_workers: int = 0, max_tokens: int = 200) -> NumberWordsData:
+    """120 training pairs, in 9 batches of `max_tokens` 200."""
     return NumberWordsData(
-        n_train=120, n_val=4, n_test=4, high=999, vocab_size=280, max_tokens=200,
+        n_train=120, n_val=4, n_test=4, high=999, vocab_size=280, max_tokens=max_tokens,
         max_length=32, num_workers=num_workers, cache_dir=str(cache),
     )  # fmt: skip
 
@@ -178,3 +185,98 @@ def test_when_not_training_the_loader_gives_the_whole_epoch_of_set_epoch() -> No
     sampler.start = 5  # left over from a resumed epoch
     sampler.set_epoch(4)
     assert indices(loader) == epoch_of(sampler_for(), 4)
+
+
+# --- resuming with another batching -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layouts",
+    [[(64, 1), (128, 1)], [(128, 1), (64, 1)], [(64, 1), (64, 3)], [(64, 3), (256, 2), (64, 1)]],
+)
+def test_an_epoch_begun_under_other_layouts_ends_with_each_row_once(layouts) -> None:
+    # Each (max_tokens, ranks) layout trains two batches on every rank, then the run resumes
+    # under the next; the last finishes the epoch.
+    done, rows, earlier = 0, [], []
+    for i, (max_tokens, replicas) in enumerate(layouts):
+        samplers = [
+            TokenBatchSampler(LENGTHS, max_tokens, seed=3, num_replicas=replicas, rank=rank)
+            for rank in range(replicas)
+        ]
+        shards = []
+        for sampler in samplers:
+            if earlier:
+                sampler.resume(5, earlier, done)
+            sampler.set_position(5, done)
+            shards.append(list(sampler))
+            assert done + len(shards[-1]) <= len(sampler)  # else Lightning ends the epoch early
+        k = len(shards[0]) if i == len(layouts) - 1 else 2
+        trained = [b for shard in shards for b in shard[:k] if not isinstance(b, Repeat)]
+        rows += [row for batch in trained for row in batch]
+        earlier.append(Layout(max_tokens, replicas, done))
+        done += k
+    assert sorted(rows) == list(range(len(LENGTHS)))
+
+
+class Seen(L.Callback):
+    """Appends each trained batch's (epoch, example indices, repeat) to `root`/rank{R}.jsonl:
+    the ranks of ddp_spawn run in other processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        entry = [trainer.current_epoch, batch["index"].tolist(), batch["repeat"]]
+        with (self.root / f"rank{trainer.global_rank}.jsonl").open("a") as out:
+            out.write(json.dumps(entry) + "\n")
+
+
+def seen(root: Path) -> list[tuple[int, list[int], bool]]:
+    return [tuple(json.loads(line)) for f in root.glob("rank*.jsonl") for line in f.open()]
+
+
+def rows_per_epoch(batches: list[tuple[int, list[int], bool]]) -> dict[int, list[int]]:
+    """Each epoch's trained rows, sorted, leaving out batches repeated to even out ranks."""
+    rows: dict[int, list[int]] = {}
+    for epoch, indices, repeat in batches:
+        if not repeat:
+            rows.setdefault(epoch, []).extend(indices)
+    return {epoch: sorted(indices) for epoch, indices in rows.items()}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "every"),
+    [
+        ((200, 1), (100, 1), {"every_n_train_steps": 3}),
+        ((100, 1), (400, 1), {"every_n_train_steps": 5}),
+        ((200, 1), (400, 1), {}),  # the checkpoint is written after validation
+        ((200, 1), (200, 2), {"every_n_train_steps": 3}),
+        ((200, 2), (100, 1), {"every_n_train_steps": 2}),
+    ],
+    ids=["smaller-batches", "larger-batches", "validation-checkpoint", "1-to-2", "2-to-1"],
+)
+def test_a_run_resumed_with_another_batching_trains_each_row_once_an_epoch(
+    tmp_path, cache, before: tuple[int, int], after: tuple[int, int], every: dict
+) -> None:
+    # (max_tokens, processes) of the interrupted run and of the resumed one.
+    steps = every.get("every_n_train_steps", 4)
+    runs = {}
+    for name, (max_tokens, devices), ckpt_path, args in [
+        ("interrupted", before, None, {"max_steps": steps}),
+        ("resumed", after, tmp_path / "checkpoints" / "last.ckpt", {"max_epochs": 2}),
+    ]:
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        data = make_data(cache, max_tokens=max_tokens)
+        checkpoint = ModelCheckpoint(tmp_path / "checkpoints", save_last=True, **every)
+        strategy = {"strategy": "ddp_spawn", "devices": 2} if devices > 1 else {}
+        fit(
+            runs[name], data, [Seen(runs[name]), checkpoint], ckpt_path,
+            val_check_interval=steps, check_val_every_n_epoch=None, **strategy, **args,
+        )  # fmt: skip
+    interrupted = seen(runs["interrupted"])
+    assert {epoch for epoch, *_ in interrupted} == {0}, "the interruption is mid-epoch"
+    data = make_data(cache)
+    data.setup()
+    everything = sorted(data.datasets["train"]["index"])
+    assert rows_per_epoch(interrupted + seen(runs["resumed"])) == {0: everything, 1: everything}

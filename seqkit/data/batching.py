@@ -1,11 +1,12 @@
 """Token-budget batches: a length-bucketing sampler, a batch-fetching dataset, `collate`, a
-training loader that a run resumed mid-epoch continues, and `token_loader`, which builds a
-DataModule's loaders from them."""
+training loader that a run resumed mid-epoch continues (with the same or another batching, see
+`ResumableBatches`), and `token_loader`, which builds a DataModule's loaders from them."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +26,16 @@ class Repeat(list):
     skips it, training uses it like any other."""
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a stretch of a training epoch was batched: by `max_tokens` on `num_replicas` ranks,
+    from the trainer's batch `start` of that epoch on (each rank has had as many)."""
+
+    max_tokens: int
+    num_replicas: int
+    start: int = 0
+
+
 class TokenBatchSampler(DistributedSampler):
     """Yields lists of indices whose padded size `len(batch) * max(length)` is <= `max_tokens`.
 
@@ -35,6 +46,9 @@ class TokenBatchSampler(DistributedSampler):
     batches from its start, as `Repeat` lists, so that every rank gets `len(self)` batches
     and none waits. `start` skips this rank's first batches (for a run resumed mid-epoch); `len`
     stays the full count.
+
+    An epoch begun under other layouts (`resume`: another `max_tokens` or number of ranks)
+    is finished on the rows those layouts had not reached, batched by this sampler's own.
 
     A subclass of DistributedSampler so that Lightning keeps it under DDP (rather than
     wrapping it) and calls `set_epoch`; it needs no process group.
@@ -68,32 +82,75 @@ class TokenBatchSampler(DistributedSampler):
         self.num_batches = len(_cut(np.sort(self.lengths), max_tokens))
         self.batches_per_rank = -(-self.num_batches // num_replicas)
         self.start = 0  # the first of this rank's batches that an iteration yields
+        # The epoch begun under other layouts, and those layouts, oldest first.
+        self.resumed_epoch: int | None = None
+        self.earlier: list[Layout] = []
+        self.layout = Layout(max_tokens, num_replicas)
+
+    def resume(self, epoch: int, earlier: list[Layout], start: int) -> None:
+        """Finish `epoch`, begun under the `earlier` layouts, from the trainer's batch `start`
+        of it on: on the rows they had not reached, each exactly once."""
+        self.resumed_epoch, self.earlier = epoch, earlier
+        self.layout = Layout(self.max_tokens, self.num_replicas, start)
+        self.set_epoch(epoch)
+        rows = self._rows_left()
+        if not len(rows):  # the epoch was finished
+            self.resumed_epoch, self.earlier = None, []
+            self.layout = Layout(self.max_tokens, self.num_replicas)
+            return
+        rest = -(-len(self._batches(rows)) // self.num_replicas)
+        # Lightning counts an epoch's batches once; more than are yielded ends it early.
+        self.batches_per_rank = max(self.batches_per_rank, start + rest)
+
+    def set_position(self, epoch: int, done: int) -> None:
+        """Begin iterating `epoch` after the trainer's first `done` batches of it."""
+        self.set_epoch(epoch)
+        self.start = done - (self.layout.start if epoch == self.resumed_epoch else 0)
 
     def batches(self) -> list[list[int]]:
         """All batches of this epoch, before sharding."""
+        return self._batches(self._rows_left() if self.epoch == self.resumed_epoch else None)
+
+    def _batches(self, rows: np.ndarray | None, max_tokens: int | None = None) -> list[list[int]]:
+        """This epoch's batches of `rows` (default: all), cut by `max_tokens`."""
         rng = np.random.default_rng(self.seed + self.epoch)
-        if self.shuffle:
-            order = rng.permutation(len(self.lengths))
-            order = order[np.argsort(self.lengths[order], kind="stable")]
-        else:
-            order = np.argsort(self.lengths, kind="stable")
-        sizes = _cut(self.lengths[order], self.max_tokens)
+        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
+        if rows is not None:
+            order = order[np.isin(order, rows)]
+        order = order[np.argsort(self.lengths[order], kind="stable")]
+        sizes = _cut(self.lengths[order], max_tokens or self.max_tokens)
         bounds = np.cumsum([0, *sizes])
         batches = [order[a:b].tolist() for a, b in itertools.pairwise(bounds)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
+    def _rows_left(self) -> np.ndarray:
+        """The rows of this epoch that the earlier layouts did not reach."""
+        rows = np.arange(len(self.lengths))
+        ends = [layout.start for layout in self.earlier[1:]] + [self.layout.start]
+        for layout, end in zip(self.earlier, ends, strict=True):
+            batches = _even(self._batches(rows, layout.max_tokens), layout.num_replicas)
+            # Rank r's shard is batches[r::n], so its first k batches are among the first k*n.
+            taken = batches[: (end - layout.start) * layout.num_replicas]
+            rows = np.setdiff1d(rows, [i for batch in taken for i in batch])
+        return rows
+
     def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
-        batches = self.batches()
-        total = self.batches_per_rank * self.num_replicas
-        if batches:
-            repeats = [Repeat(b) for b in batches] * -(-total // len(batches))
-            batches = (batches + repeats)[:total]
+        batches = _even(self.batches(), self.num_replicas)
         return iter(batches[self.rank :: self.num_replicas][self.start :])
 
     def __len__(self) -> int:
         return self.batches_per_rank
+
+
+def _even(batches: list[list[int]], num_replicas: int) -> list[list[int]]:
+    """`batches` padded to a multiple of `num_replicas` by repeating them from the start."""
+    total = -(-len(batches) // num_replicas) * num_replicas
+    if not batches:
+        return batches
+    repeats = [Repeat(b) for b in batches] * -(-total // len(batches))
+    return (batches + repeats)[:total]
 
 
 def _cut(sorted_lengths: np.ndarray, max_tokens: int) -> list[int]:
@@ -198,8 +255,11 @@ class ResumableLoader(DataLoader):
         # restores its progress. The epoch is the trainer's too: Lightning's `set_epoch` comes
         # late (an eager resume got epoch 0's order) and, resuming a max_steps run from an
         # epoch's end, is one ahead.
-        epoch, self.sampler.start = self.position() or (self.sampler.epoch, 0)
-        self.sampler.set_epoch(epoch)
+        position = self.position()
+        if position is None:
+            self.sampler.start = 0
+        else:
+            self.sampler.set_position(*position)
         yield from super().__iter__()
 
     # The position is in the trainer's progress, which checkpoints hold; these two only make
@@ -209,6 +269,56 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class ResumableBatches:
+    """DataModule mixin: checkpoints keep how the epoch in progress was batched (`state_dict`),
+    so that a run resumed with another `max_tokens` or number of processes trains on exactly
+    the rows that epoch has not had, each once, instead of skipping as many batches as were
+    done (`TokenBatchSampler.resume`). `token_loader` hands it the training sampler."""
+
+    trainer: Any
+    _train_sampler: TokenBatchSampler | None = None
+    _resumed: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()  # type: ignore[misc]
+        sampler, trainer = self._train_sampler, self.trainer
+        if sampler is not None and trainer is not None and trainer.state.fn == "fit":
+            epoch = trainer.current_epoch
+            layouts = [*sampler.earlier] if epoch == sampler.resumed_epoch else []
+            state["batches"] = {
+                "epoch": epoch,
+                # What the trainer restores as the epoch's batch count.
+                "done": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                "layouts": [asdict(layout) for layout in [*layouts, sampler.layout]],
+                "rows": len(sampler.lengths),
+                "seed": sampler.seed,
+            }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)  # type: ignore[misc]
+        self._resumed = state.get("batches")
+
+    def _use_train_sampler(self, sampler: TokenBatchSampler) -> None:
+        self._train_sampler, resumed = sampler, self._resumed
+        if resumed is None:
+            return
+        layouts = [Layout(**layout) for layout in resumed["layouts"]]
+        if (resumed["rows"], resumed["seed"]) != (len(sampler.lengths), sampler.seed):
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                f"--ckpt_path: the checkpoint's epoch {resumed['epoch']} was batched from "
+                f"{resumed['rows']} training rows with seed {resumed['seed']}, this run has "
+                f"{len(sampler.lengths)} with seed {sampler.seed}: the rest of that epoch "
+                "continues by batch count, so some rows may be skipped or repeated"
+            )
+        elif layouts[-1] != Layout(sampler.max_tokens, sampler.num_replicas, layouts[-1].start):
+            sampler.resume(resumed["epoch"], layouts, resumed["done"])
+        elif len(layouts) > 1:
+            sampler.resume(resumed["epoch"], layouts[:-1], layouts[-1].start)
 
 
 def token_loader(
@@ -222,7 +332,8 @@ def token_loader(
     """A DataModule's loader of `dataset` in batches of at most `max_tokens` tokens (padding
     included), each rank of `module.trainer` taking its share. For training the batches are
     shuffled by `module.seed` and epoch, and a run resumed mid-epoch goes on where it stopped
-    (`ResumableLoader`); otherwise they come in length order. `module.num_workers` workers."""
+    (`ResumableLoader`; `module` is a `ResumableBatches`); otherwise they come in length
+    order. `module.num_workers` workers."""
     trainer = module.trainer
     sampler = TokenBatchSampler(
         lengths,
@@ -233,6 +344,7 @@ def token_loader(
         rank=trainer.global_rank if trainer is not None else 0,
     )
     if train:
+        module._use_train_sampler(sampler)
         position = lambda: trainer_position(module.trainer)  # noqa: E731
         return ResumableLoader(dataset, sampler, position, module.num_workers, collate_fn)
     return DataLoader(

@@ -95,9 +95,10 @@ class TrainPixelStats:
         return list(self._stats[1])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std}
+        return {**super().state_dict(), "mean": self.mean, "std": self.std}  # type: ignore[misc]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # type: ignore[misc]
         self._stats = (list(state_dict["mean"]), list(state_dict["std"]))
 
 

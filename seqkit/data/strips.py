@@ -15,7 +15,7 @@ from num2words import num2words
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from seqkit.data.batching import Repeat, pad, token_loader
+from seqkit.data.batching import Repeat, ResumableBatches, pad, token_loader
 from seqkit.data.images import (
     ImagePool,
     check_split_sizes,
@@ -104,7 +104,7 @@ def _batch(batch: dict[str, Any]) -> dict[str, Any]:
     return batch  # `_Strips.__getitem__` already made the batch
 
 
-class DigitStripData(TrainPixelStats, L.LightningDataModule):
+class DigitStripData(TrainPixelStats, ResumableBatches, L.LightningDataModule):
     """Strips of `min_digits`..`max_digits` digit images side by side (the first digit never
     0), each with its number in English words as the target: a seq2seq source of image patches
     {"src": (B, N, C*p*p), "src_mask": (B, N)} in reading order (see `image_sequence`),

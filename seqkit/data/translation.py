@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from seqkit.data.batching import TokenBatchDataset, token_loader
+from seqkit.data.batching import ResumableBatches, TokenBatchDataset, token_loader
 from seqkit.data.inputs import ModelInputs
 from seqkit.data.sources import DataError, load_pairs, read_columns
 from seqkit.data.tokenizer import EOS, Tokenizers
@@ -45,7 +45,7 @@ FEATURES = datasets.Features(
 )
 
 
-class TranslationData(L.LightningDataModule):
+class TranslationData(ResumableBatches, L.LightningDataModule):
     """Parallel text read by `load_pairs`, tokenized with BPE, batched by token count.
 
     The tokenizer is trained on the train split (or read from `tokenizer`); tokenizer and
