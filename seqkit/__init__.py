@@ -1,4 +1,5 @@
-"""seqkit: sequence models (RNN, GRU, LSTM, Transformer, ViT) on Lightning and Hugging Face data.
+"""seqkit: sequence models (RNN, GRU, LSTM, Transformer, ViT; seq2seq and language models) on
+Lightning and Hugging Face data.
 
 Names are imported when first used (PEP 562): `import seqkit` is cheap, and translating with
 a `Translator` never loads Lightning, `datasets` or scikit-learn.
@@ -18,12 +19,17 @@ _WHERE = {
     "ImageData": "seqkit.data.patches",
     "ImageSource": "seqkit.models.patches",
     "Labeler": "seqkit.labeler",
+    "LanguageModel": "seqkit.lit.lm",
+    "LanguageModelData": "seqkit.data.lm",
     "NumberWordsData": "seqkit.data.numbers",
     "OptimizerConfig": "seqkit.lit.optim",
     "RNNConfig": "seqkit.models.rnn",
+    "RNNLMConfig": "seqkit.models.lm",
     "ReaderConfig": "seqkit.models.vit",
     "Seq2Seq": "seqkit.lit.seq2seq",
+    "TextGenerator": "seqkit.generator",
     "TransformerConfig": "seqkit.models.transformer",
+    "TransformerLMConfig": "seqkit.models.lm",
     "TranslationData": "seqkit.data.translation",
     "Translator": "seqkit.translator",
     "ViTConfig": "seqkit.models.vit",
@@ -35,28 +41,37 @@ __all__ = [
     "ImageData",
     "ImageSource",
     "Labeler",
+    "LanguageModel",
+    "LanguageModelData",
     "NumberWordsData",
     "OptimizerConfig",
     "RNNConfig",
+    "RNNLMConfig",
     "ReaderConfig",
     "Seq2Seq",
+    "TextGenerator",
     "TransformerConfig",
+    "TransformerLMConfig",
     "TranslationData",
     "Translator",
     "ViTConfig",
 ]
 
 if TYPE_CHECKING:
+    from seqkit.data.lm import LanguageModelData
     from seqkit.data.numbers import NumberWordsData
     from seqkit.data.patches import ImageData
     from seqkit.data.strips import DigitStripData
     from seqkit.data.translation import TranslationData
     from seqkit.decoding import DecodingConfig
+    from seqkit.generator import TextGenerator
     from seqkit.labeler import Labeler
     from seqkit.lit.classifier import Classifier
+    from seqkit.lit.lm import LanguageModel
     from seqkit.lit.optim import OptimizerConfig
     from seqkit.lit.seq2seq import Seq2Seq
     from seqkit.models import ReaderConfig, RNNConfig, TransformerConfig, ViTConfig
+    from seqkit.models.lm import RNNLMConfig, TransformerLMConfig
     from seqkit.models.patches import ImageSource
     from seqkit.translator import Translator
 

@@ -13,12 +13,23 @@ METRICS = {
     "chrf": "chrF",
     "exact_match": "exact match",
     "ppl": "perplexity",
+    "ppl_char": "perplexity per character",
+    "bpc": "bits per character",
     "loss": "loss",
     "accuracy": "accuracy",
 }
 DATA_PATH_KEYS = ("path", "mix_with")  # provenance keys that may hold a local path
 
 USES = {  # pipeline tag: how to use the model
+    "text-generation": [
+        "```python",
+        "from seqkit import TextGenerator",
+        'generator = TextGenerator.from_pretrained("THIS_DIRECTORY")',
+        'print(generator.perplexity(["..."]))',
+        "```",
+        "",
+        '`seqkit generate --model THIS_DIRECTORY --prompt "..."`',
+    ],
     "translation": [
         "```python",
         "from seqkit import Translator",
@@ -94,6 +105,15 @@ def _describe(config: dict[str, Any], image_source: dict | None) -> tuple[str, s
         io = f"{config['channels']}×{h}×{w} images → {config['num_classes']} classes"
         return family, "image-classification", io
     family = config["cell"].upper() if "cell" in config else "Transformer"
+    if "vocab_size" in config:  # a language model
+        window = f", each token predicted from the last {config['context']}" * bool(
+            config["context"]
+        )
+        return (
+            f"{family} language model",
+            "text-generation",
+            f"{config['vocab_size']:,} tokens{window}",
+        )
     if config.get("attention", "none") != "none":
         family += f" + {config['attention'].capitalize()} attention"
     target = f"{config['tgt_vocab_size']:,} target tokens"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import types
 import typing
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from torch import nn
 
+from seqkit.models.lm import RNNLM, LMConfig, RNNLMConfig, TransformerLM, TransformerLMConfig
 from seqkit.models.patches import ImageSource, patch_embedding
 from seqkit.models.rnn import RNNConfig, RNNSeq2Seq
 from seqkit.models.transformer import Transformer, TransformerConfig
@@ -24,16 +26,28 @@ MODELS: dict[type, type[nn.Module]] = {
     RNNConfig: RNNSeq2Seq,
     ViTConfig: ViT,
     ReaderConfig: RecurrentReader,
+    TransformerLMConfig: TransformerLM,
+    RNNLMConfig: RNNLM,
 }
 MODEL_TYPES: dict[str, type] = {
     "transformer": TransformerConfig,
     "rnn": RNNConfig,
     "vit": ViTConfig,
     "recurrent-reader": ReaderConfig,
+    "transformer-lm": TransformerLMConfig,
+    "rnn-lm": RNNLMConfig,
 }
 """The `model_type` a model directory's config.json names -> its config class."""
 # Fields that configs had before an image source became an `ImageSource` of its own.
 LEGACY_SOURCE_FIELDS = ("src_patch_size", "src_channels")
+
+
+KINDS = {
+    **dict.fromkeys(typing.get_args(ModelConfig), "seq2seq"),
+    **dict.fromkeys(typing.get_args(ImageModelConfig), "an image classifier"),
+    **dict.fromkeys(typing.get_args(LMConfig), "a language model"),
+}
+"""What each config's model is, for messages."""
 
 
 def model_type(config: ModelConfig | ImageModelConfig) -> str:
@@ -42,7 +56,7 @@ def model_type(config: ModelConfig | ImageModelConfig) -> str:
 
 
 def build_model(
-    config: ModelConfig | ImageModelConfig, image_source: ImageSource | None = None
+    config: ModelConfig | ImageModelConfig | LMConfig, image_source: ImageSource | None = None
 ) -> nn.Module:
     """The network `config` describes; a seq2seq network reads `image_source` when given
     (through a linear patch embedding), token ids otherwise.
@@ -53,9 +67,9 @@ def build_model(
     """
     if type(config) not in MODELS:
         raise TypeError(f"no seqkit model is configured by {type(config).__name__}")
-    if isinstance(config, ImageModelConfig):
+    if isinstance(config, ImageModelConfig | LMConfig):
         if image_source is not None:
-            raise ValueError(f"{type(config).__name__} classifies images: it takes no source")
+            raise ValueError(f"{type(config).__name__} takes no source")
         return MODELS[type(config)](config)
     if image_source is None:
         return MODELS[type(config)](config)
@@ -93,7 +107,7 @@ def config_from_dict(
         if kind not in MODEL_TYPES:
             raise ValueError(f"{source}: model_type {kind!r} is not one of {sorted(MODEL_TYPES)}")
         if MODEL_TYPES[kind] not in typing.get_args(union):
-            what = "an image classifier" if kind in ("vit", "recurrent-reader") else "seq2seq"
+            what = KINDS[MODEL_TYPES[kind]]
             wanted = ", ".join(c.__name__ for c in typing.get_args(union))
             raise ValueError(f"{source}: holds a {kind} model ({what}), not one of {wanted}")
         matches = [MODEL_TYPES[kind]]
@@ -134,6 +148,10 @@ def check_values(cls: type, data: dict, source: str) -> None:
 
 def _fits(kind, value) -> bool:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is types.UnionType:
+        return any(_fits(a, value) for a in args)
+    if kind is types.NoneType:
+        return value is None
     if origin is typing.Literal:
         return value in args
     if origin is tuple:
@@ -154,7 +172,10 @@ def _fits(kind, value) -> bool:
 def _describe(kind) -> str:
     if typing.get_origin(kind) is typing.Literal:
         return f"one of {list(typing.get_args(kind))}"
-    return {bool: "true or false", int: "an int >= 0", float: "a number >= 0"}.get(kind, str(kind))
+    if typing.get_origin(kind) is types.UnionType:
+        return " or ".join(_describe(a) for a in typing.get_args(kind))
+    names = {bool: "true or false", int: "an int >= 0", float: "a number >= 0", None: "null"}
+    return names.get(kind if kind is not types.NoneType else None, str(kind))
 
 
 def keys_fit(data: dict, cls: type) -> bool:
@@ -186,15 +207,20 @@ def read_model_config(directory: str | Path, union=ModelConfig) -> tuple[dict, o
 __all__ = [
     "MODELS",
     "MODEL_TYPES",
+    "RNNLM",
     "ImageModelConfig",
     "ImageSource",
+    "LMConfig",
     "ModelConfig",
     "RNNConfig",
+    "RNNLMConfig",
     "RNNSeq2Seq",
     "ReaderConfig",
     "RecurrentReader",
     "Transformer",
     "TransformerConfig",
+    "TransformerLM",
+    "TransformerLMConfig",
     "ViT",
     "ViTConfig",
     "build_model",

@@ -52,8 +52,13 @@ class RNNConfig:
     """Dropout on embeddings, between stacked layers and before the output projection."""
     tie_embeddings: bool = False
     """Share the target embedding with the output projection; needs embed_dim == hidden_size."""
+    forget_bias: float | None = None
+    """LSTM only: the forget gate's bias at initialization in encoder and decoder (1.0 as
+    Jozefowicz et al., 2015 recommend); None keeps PyTorch's uniform initialization."""
 
     def __post_init__(self) -> None:
+        if self.forget_bias is not None and self.cell != "lstm":
+            raise ValueError(f"forget_bias is the LSTM's forget gate; cell={self.cell!r} has none")
         memory = self.hidden_size * (2 if self.bidirectional else 1)
         if self.attention == "luong" and self.luong_score == "dot" and memory != self.hidden_size:
             raise ValueError(
@@ -62,6 +67,16 @@ class RNNConfig:
             )
         if self.tie_embeddings and self.embed_dim != self.hidden_size:
             raise ValueError("tie_embeddings needs embed_dim == hidden_size")
+
+
+def set_forget_bias(lstm: nn.LSTM, value: float) -> None:
+    """Set every layer's forget-gate bias to `value`: `bias_ih`'s forget slice to `value` and
+    `bias_hh`'s to 0, as the two are summed (PyTorch orders an LSTM's gates i, f, g, o)."""
+    h = lstm.hidden_size
+    with torch.no_grad():
+        for name, bias in lstm.named_parameters():
+            if name.startswith("bias_"):
+                bias[h : 2 * h] = value if name.startswith("bias_ih") else 0.0
 
 
 class Attention(nn.Module):
@@ -128,6 +143,9 @@ class RNNSeq2Seq(nn.Module):
         self.attention = (
             Attention(c.attention, c.luong_score, h, m) if c.attention != "none" else None
         )
+        if c.forget_bias is not None:
+            set_forget_bias(self.encoder, c.forget_bias)
+            set_forget_bias(self.decoder, c.forget_bias)
         self.combine = nn.Linear(h + m, h)  # attentional state tanh(W [s; c])
         self.output = nn.Linear(h, c.tgt_vocab_size)
         if c.tie_embeddings:
