@@ -17,6 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from seqkit.card import model_card, public_data
+from seqkit.errors import DataError
 from seqkit.models import (
     ImageModelConfig,
     ModelConfig,
@@ -28,6 +29,9 @@ from seqkit.models import (
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
 MISFIT = "the weights do not fit the model in config.json"
+# A tokenizer file larger than this per token of config.json's vocabulary (plus the slack) is
+# refused unread; seqkit's hold about 30 bytes a token, GPT-2's tokenizer.json 27.
+TOKEN_BYTES, SLACK_BYTES = 1024, 1 << 20
 
 
 def save_directory(
@@ -140,18 +144,31 @@ def _fill(net: nn.Module, path: Path, device: str) -> nn.Module:
         raise ValueError(f"cannot put the model on device {device!r}: {err}") from None
 
 
-def load_tokenizers(directory: str | Path):
-    """The tokenizer file(s) of a text model's directory.
+def load_tokenizers(config: ModelConfig, image_source, directory: str | Path):
+    """The tokenizer file(s) of a text model's directory, checked against config.json
+    before any weight is allocated: each file no larger than `config`'s vocabularies can
+    need, then read and checked (`Tokenizers.load`), then of the vocabulary sizes `config`
+    gives (the source side only when it reads tokens, `image_source` None).
 
     Raises:
         FileNotFoundError: when there is none.
-        ValueError: naming the directory, when a file cannot be read as a tokenizer.
+        DataError: naming the file, when it cannot be read as a tokenizer or does not fit.
     """
-    from seqkit.data.tokenizer import Tokenizers
+    from seqkit.data.tokenizer import JOINT_FILE, SOURCE_FILE, TARGET_FILE, Tokenizers
 
-    try:
-        return Tokenizers.load(directory)
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as err:  # tokenizers raises a plain Exception for a corrupt file
-        raise ValueError(f"{directory}: cannot read its tokenizer file(s): {err}") from None
+    directory = Path(directory)
+    limit = TOKEN_BYTES * max(config.src_vocab_size, config.tgt_vocab_size) + SLACK_BYTES
+    for path in (directory / name for name in (JOINT_FILE, SOURCE_FILE, TARGET_FILE)):
+        if path.is_file() and path.stat().st_size > limit:
+            raise DataError(f"{path}: {path.stat().st_size} bytes, more than the vocabulary "
+                            f"sizes in {directory / CONFIG_FILE} can need ({limit})")  # fmt: skip
+    tokenizers = Tokenizers.load(directory)
+    files = (JOINT_FILE, JOINT_FILE) if tokenizers.joint else (SOURCE_FILE, TARGET_FILE)
+    sides = [("tgt_vocab_size", tokenizers.tgt_vocab_size, files[1])]
+    if image_source is None:  # an image source has no vocabulary
+        sides.insert(0, ("src_vocab_size", tokenizers.src_vocab_size, files[0]))
+    for key, size, name in sides:
+        if (wanted := getattr(config, key)) != size:
+            raise DataError(f"{directory / name}: a vocabulary of {size} tokens, but "
+                            f"{directory / CONFIG_FILE} has {key}={wanted}")  # fmt: skip
+    return tokenizers

@@ -263,7 +263,8 @@ class Translator:
 
         Raises:
             FileNotFoundError: for a missing directory, config, weights or tokenizer file.
-            ValueError: naming the file, for a config or weights that do not fit.
+            ValueError: naming the file, for a config or weights that do not fit (DataError
+                for a tokenizer file that is unreadable or does not fit config.json).
         """
         meta, config, legacy = read_directory(directory, ModelConfig)
         path = Path(directory) / "config.json"
@@ -274,6 +275,6 @@ class Translator:
             decoding = DecodingConfig(**meta.get("decoding", {}))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
-        tokenizers = load_tokenizers(directory)
+        tokenizers = load_tokenizers(config, source, directory)  # checked against config first
         net = load_network(config, source, directory, device)
         return cls(net, tokenizers, decoding, source, meta.get("provenance", {}))

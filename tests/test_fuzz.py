@@ -8,6 +8,7 @@ import shutil
 import struct
 import tempfile
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pyarrow as pa
@@ -18,8 +19,10 @@ from hypothesis import strategies as st
 
 from seqkit.data.images import IDX_IMAGES, read_idx
 from seqkit.data.sources import load_pairs, read_lines
+from seqkit.data.tokenizer import SPECIAL_TOKENS, Tokenizers
 from seqkit.decoding import DecodingConfig
 from seqkit.errors import DataError
+from seqkit.pretrained import load_network
 from seqkit.translator import Translator
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
@@ -29,6 +32,7 @@ EXAMPLES = {
     "table": 250,
     "idx": 150,
     "config": 150,
+    "tokenizer": 150,
     "translate": 100,
 }
 SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -216,6 +220,82 @@ def test_a_mangled_config_json_loads_or_is_refused_naming_it(model_dir, where, k
         except (ValueError, FileNotFoundError) as err:
             assert "config.json" in str(err) or "model.safetensors" in str(err)
             return
+        assert translator.translate(["seven"], DecodingConfig(beam_size=1, max_len=2))
+    finally:
+        shutil.rmtree(folder)
+
+
+def json_paths(node, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a tokenizer's JSON, vocab and merges as wholes."""
+    if isinstance(node, list):
+        node = dict(enumerate(node))
+    if not isinstance(node, dict) or prefix[-1:] in (("vocab",), ("merges",)):
+        return [prefix]
+    return [prefix] + [p for key, child in node.items() for p in json_paths(child, (*prefix, key))]
+
+
+TOKENIZER_FILES = {"transformer": ["tokenizer.json"],
+                   "gru-bahdanau": ["source_tokenizer.json", "target_tokenizer.json"]}  # fmt: skip
+PLACES = json_paths(json.loads((LEGACY / "transformer" / "tokenizer.json").read_text()))
+
+
+def mutate(text: str, how: str, where: int, value, token: str | int, token_id: int) -> str:
+    """`text`, a tokenizer's JSON, with one thing changed: cut at `where`, `where` tokens
+    more, `token` (by name, or the n-th) given `token_id` or dropped, or the `where`-th place
+    in the JSON replaced by `value`."""
+    data = json.loads(text)
+    vocab = data["model"]["vocab"]
+    token = token if isinstance(token, str) else sorted(vocab)[token % len(vocab)]
+    if how == "cut":
+        return text[: where % len(text)]
+    if how == "grow":  # tokens config.json does not count: up to an enormous vocabulary
+        vocab.update({f"x{i}": len(vocab) + i for i in range(where % 5_000)})
+    elif how == "id":
+        vocab[token] = token_id
+    elif how == "drop":
+        del vocab[token]
+        data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != token]
+    else:
+        *path, last = PLACES[where % len(PLACES)] or [None]
+        node = data
+        for key in path:
+            node = node[key]
+        if last is None:
+            data = value
+        else:
+            node[last] = value
+    return json.dumps(data)
+
+
+@settings(max_examples=EXAMPLES["tokenizer"], suppress_health_check=list(HealthCheck),
+          deadline=None, derandomize=True)  # fmt: skip
+@given(name=st.sampled_from(sorted(TOKENIZER_FILES)), side=st.integers(0, 1),
+       how=st.sampled_from(["replace", "id", "drop", "grow", "cut"]), where=st.integers(0, 10**6),
+       value=JSON, token=st.sampled_from(SPECIAL_TOKENS) | st.integers(0, 300),
+       token_id=st.integers(-2, 300) | st.just(10**9))  # fmt: skip
+def test_a_mangled_tokenizer_json_loads_or_is_refused_before_the_weights(
+    name, side, how, where, value, token, token_id
+):
+    folder = tmpdir()
+    try:
+        directory = Path(shutil.copytree(LEGACY / name, folder / name))
+        files = TOKENIZER_FILES[name]
+        path = directory / files[side % len(files)]
+        path.write_text(mutate(path.read_text(), how, where, value, token, token_id))
+        texts = {file: (directory / file).read_text() for file in files}
+        try:  # as a checkpoint's tokenizers: checked alike, named by file name
+            Tokenizers.from_dict(texts)
+            checkpoint_refused = False
+        except DataError as err:
+            assert str(err).startswith(f"{path.name}: ")
+            checkpoint_refused = True
+        with patch("seqkit.translator.load_network", wraps=load_network) as loading:
+            try:
+                translator = Translator.from_pretrained(directory)
+            except DataError as err:
+                assert str(err).startswith(f"{path}: ") and not loading.called
+                return
+        assert not checkpoint_refused
         assert translator.translate(["seven"], DecodingConfig(beam_size=1, max_len=2))
     finally:
         shutil.rmtree(folder)

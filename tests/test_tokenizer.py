@@ -1,5 +1,7 @@
-"""BPE tokenizers: exact round trips, fixed special ids, save/load, decoding rules."""
+"""BPE tokenizers: exact round trips, fixed special ids, save/load, decoding rules, and
+tokenizer JSON read as untrusted input."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,10 @@ from seqkit.data.tokenizer import (
     SPECIAL_TOKENS,
     UNK,
     Tokenizers,
+    read_tokenizer,
     train_bpe,
 )
+from seqkit.errors import DataError
 
 ENGLISH = [
     "Two young, White males are outside near many bushes.",
@@ -123,6 +127,58 @@ def test_to_dict_from_dict(kind: str, request: pytest.FixtureRequest) -> None:
 def test_from_dict_rejects_unknown_keys(joint: Tokenizers) -> None:
     with pytest.raises(ValueError, match=r"source_tokenizer\.json"):
         Tokenizers.from_dict({"model": joint.source.to_str()})
+
+
+def mangled(tokenizers: Tokenizers, change) -> str:
+    """The JSON of `tokenizers.source` after `change(data)`."""
+    data = json.loads(tokenizers.source.to_str())
+    change(data)
+    return json.dumps(data)
+
+
+def swap_specials(data: dict) -> None:
+    vocab = data["model"]["vocab"]
+    vocab["<s>"], vocab["</s>"] = vocab["</s>"], vocab["<s>"]
+    for token in data["added_tokens"]:
+        token["id"] = vocab[token["content"]]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [(lambda d: d["model"].update(type="WordPiece"), "not a byte-level BPE"),
+     (lambda d: d["model"].pop("type"), "model.type is None"),
+     (lambda d: d["model"].update(continuing_subword_prefix="½"), "continuing_subword_prefix"),
+     (lambda d: d["model"].update(dropout=0.5), "dropout"),
+     (lambda d: d.update(truncation={"max_length": 3, "stride": 10}), "truncation"),
+     (lambda d: d["model"]["vocab"].update(far=10**9), "'far' has id 1000000000, outside"),
+     (lambda d: d["model"].update(merges=[["no", 3]]), "not a tokenizer file"),
+     (swap_specials, "special token '<s>' must have id 1"),
+     (lambda d: d["added_tokens"].pop() and d["model"]["vocab"].pop("<unk>"), "'<unk>'")],
+    ids=["wordpiece", "no-type", "prefix", "dropout", "truncation", "far-id", "bad-merge",
+         "swapped-specials", "no-unk"],
+)  # fmt: skip
+def test_read_tokenizer_refuses_what_seqkit_cannot_use_naming_it(joint, change, message, capfd):
+    with pytest.raises(DataError, match=rf"^in/tokenizer\.json: .*{message}"):
+        read_tokenizer(mangled(joint, change), "in/tokenizer.json")
+    assert "panicked" not in capfd.readouterr().err  # tokenizers was never handed it
+
+
+@pytest.mark.parametrize("text", ["{garbage", "[]", "1" * 5000, "[" * 100_000, b"{}", ""])
+def test_read_tokenizer_refuses_text_that_is_not_a_tokenizer(text) -> None:
+    with pytest.raises(DataError, match=r"^x\.json: not a "):
+        read_tokenizer(text, "x.json")
+
+
+def test_from_dict_names_the_file_and_load_names_the_path(joint, separate, tmp_path) -> None:
+    data = {**separate.to_dict(), "target_tokenizer.json": mangled(separate, swap_specials)}
+    with pytest.raises(DataError, match=r"^target_tokenizer\.json: special token"):
+        Tokenizers.from_dict(data)  # a checkpoint's tokenizers
+    with pytest.raises(DataError, match=r"^tokenizers: a list"):
+        Tokenizers.from_dict([joint.source.to_str()])
+    joint.save(tmp_path)
+    (tmp_path / "tokenizer.json").write_bytes(b'{"model": "\xff"}')
+    with pytest.raises(DataError, match=rf"^{tmp_path}/tokenizer\.json: not a tokenizer file"):
+        Tokenizers.load(tmp_path)
 
 
 def test_decode_stops_at_eos_and_drops_specials(joint: Tokenizers) -> None:

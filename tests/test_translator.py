@@ -311,7 +311,7 @@ def broken_copy(tmp_path: Path, damage) -> Path:
 
 @pytest.mark.parametrize(
     "damage, message",
-    [(lambda d: (d / "tokenizer.json").write_text("{garbage"), "cannot read its tokenizer"),
+    [(lambda d: (d / "tokenizer.json").write_text("{garbage"), "tokenizer.json: not a tokenizer"),
      (lambda d: (d / "model.safetensors").write_bytes(b"\x10" * 100), "not a readable safetensors"),
      (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer found")],
 )  # fmt: skip

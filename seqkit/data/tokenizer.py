@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from seqkit.errors import DataError
 from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "UNK",
     "Tokenizers",
+    "read_tokenizer",
     "train_bpe",
 ]
 
@@ -55,10 +57,59 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> 
     return tokenizer
 
 
+def read_tokenizer(text: str, name: str) -> Tokenizer:
+    """The tokenizer whose JSON is `text` (a file's or a checkpoint's: untrusted input), if it
+    is byte-level BPE as `train_bpe` makes it: `SPECIAL_TOKENS` at ids 0-3, every id below its
+    vocabulary size (the rows of the embedding it indexes), no truncation or padding of its own.
+
+    Raises:
+        DataError: naming `name`, for anything else.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"{name}: not a tokenizer file: holds a {type(text).__name__}, not text")
+    _check_json(text, name)
+    try:
+        tokenizer = Tokenizer.from_str(text)
+    except Exception as err:  # tokenizers raises a plain Exception for a file it cannot read
+        raise DataError(f"{name}: not a tokenizer file: {err}") from None
+    except BaseException as err:  # a Rust panic, for a model the checks above did not foresee
+        if type(err).__name__ != "PanicException":
+            raise
+        raise DataError(f"{name}: not a tokenizer file: {err}") from None
+    _check_specials(tokenizer, name)
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    token, token_id = max(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda t: t[1])
+    if token_id >= size:
+        raise DataError(f"{name}: token {token!r:.40} has id {token_id}, outside its "
+                        f"vocabulary of {size} tokens")  # fmt: skip
+    return tokenizer
+
+
+def _check_json(text: str, name: str) -> None:
+    """What `tokenizers` would accept but seqkit cannot use, or would panic on."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, too many digits, nesting
+        raise DataError(f"{name}: not a tokenizer file: invalid JSON ({err})") from None
+    model = data.get("model") if isinstance(data, dict) else None
+    kind = model.get("type") if isinstance(model, dict) else None
+    if kind != "BPE":
+        raise DataError(f"{name}: not a byte-level BPE tokenizer file (model.type is "
+                        f"{kind!r:.40}, not 'BPE')")  # fmt: skip
+    # seqkit's BPE has none of these; dropout would make encoding random, and tokenizers
+    # 0.23 panics on some prefixes and suffixes.
+    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key) is not None:
+            raise DataError(f"{name}: model.{key}={model[key]!r:.40}; seqkit's BPE has none")
+    for key in ("truncation", "padding"):  # seqkit cuts and pads sequences itself
+        if data.get(key) is not None:
+            raise DataError(f"{name}: {key}={data[key]!r:.40}; seqkit's tokenizers have none")
+
+
 def _check_specials(tokenizer: Tokenizer, name: str) -> None:
     for token_id, token in enumerate(SPECIAL_TOKENS):
         if tokenizer.token_to_id(token) != token_id:
-            raise ValueError(f"{name}: special token {token!r} must have id {token_id}")
+            raise DataError(f"{name}: special token {token!r} must have id {token_id}")
 
 
 class Tokenizers:
@@ -136,7 +187,12 @@ class Tokenizers:
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizers:
-        """Read the files `save` writes; a joint `tokenizer.json` wins if both kinds exist."""
+        """Read the files `save` writes; a joint `tokenizer.json` wins if both kinds exist.
+
+        Raises:
+            FileNotFoundError: when there is none.
+            DataError: naming the file, when it is not a tokenizer `read_tokenizer` accepts.
+        """
         directory = Path(directory)
         names = [JOINT_FILE] if (directory / JOINT_FILE).is_file() else [SOURCE_FILE, TARGET_FILE]
         missing = [name for name in names if not (directory / name).is_file()]
@@ -145,7 +201,13 @@ class Tokenizers:
                 f"{directory}: no tokenizer found; expected {JOINT_FILE} "
                 f"or both {SOURCE_FILE} and {TARGET_FILE} (as written by Tokenizers.save)"
             )
-        return cls.from_dict({name: (directory / name).read_text("utf-8") for name in names})
+        texts = {}
+        for name in names:
+            try:
+                texts[name] = (directory / name).read_text("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{directory / name}: not a tokenizer file: {err}") from None
+        return cls.from_dict(texts, directory)
 
     def to_dict(self) -> dict[str, str]:
         """Tokenizer JSON by file name, e.g. to store inside a checkpoint."""
@@ -154,17 +216,26 @@ class Tokenizers:
         return {SOURCE_FILE: self.source.to_str(), TARGET_FILE: self.target.to_str()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, str]) -> Tokenizers:
-        """Inverse of `to_dict`."""
+    def from_dict(cls, data: dict[str, str], directory: str | Path | None = None) -> Tokenizers:
+        """Inverse of `to_dict`, each tokenizer checked by `read_tokenizer`; errors name the
+        file in `directory` the JSON came from, or its key (a checkpoint's tokenizers).
+
+        Raises:
+            DataError: for other keys, or a tokenizer `read_tokenizer` refuses.
+        """
+        if not isinstance(data, dict):
+            raise DataError(f"tokenizers: a {type(data).__name__}, not JSON by file name")
+        if JOINT_FILE not in data and not (SOURCE_FILE in data and TARGET_FILE in data):
+            raise DataError(f"tokenizer dict has keys {sorted(map(str, data))}; expected "
+                            f"{JOINT_FILE!r} or {SOURCE_FILE!r} and {TARGET_FILE!r}")  # fmt: skip
+
+        def read(name: str) -> Tokenizer:
+            return read_tokenizer(data[name], str(Path(directory, name)) if directory else name)
+
         if JOINT_FILE in data:
-            shared = Tokenizer.from_str(data[JOINT_FILE])
+            shared = read(JOINT_FILE)
             return cls(shared, shared)
-        if SOURCE_FILE in data and TARGET_FILE in data:
-            return cls(Tokenizer.from_str(data[SOURCE_FILE]), Tokenizer.from_str(data[TARGET_FILE]))
-        raise ValueError(
-            f"tokenizer dict has keys {sorted(data)}; expected {JOINT_FILE!r} "
-            f"or {SOURCE_FILE!r} and {TARGET_FILE!r}"
-        )
+        return cls(read(SOURCE_FILE), read(TARGET_FILE))
 
     def fingerprint(self) -> str:
         """A stable hash of the tokenizer JSON: equal iff the tokenizers encode alike."""

@@ -1,0 +1,113 @@
+"""Model directories as untrusted input: the tokenizer file(s) are read and checked against
+config.json before any weight is allocated, and every refusal names the file."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli import seqkit
+
+from seqkit.errors import DataError
+from seqkit.translator import Translator
+
+LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+
+
+@pytest.fixture
+def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading fails the test if it reaches the weights."""
+
+    def load_network(*args, **kwargs):
+        raise AssertionError("the weights were allocated before the tokenizer was checked")
+
+    monkeypatch.setattr("seqkit.translator.load_network", load_network)
+
+
+def legacy_copy(name: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(LEGACY / name, tmp_path / name))
+
+
+def edit(path: Path, change) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def grow(n: int):
+    """A change adding `n` tokens to a tokenizer's vocabulary."""
+
+    def change(data: dict) -> None:
+        vocab = data["model"]["vocab"]
+        start = len(vocab)
+        vocab.update({f"extra{i}": start + i for i in range(n)})
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "name, file, key",
+    [("transformer", "tokenizer.json", "src_vocab_size"),
+     ("gru-bahdanau", "source_tokenizer.json", "src_vocab_size"),
+     ("gru-bahdanau", "target_tokenizer.json", "tgt_vocab_size"),
+     ("strip-reader", "tokenizer.json", "tgt_vocab_size")],  # its source is images
+)  # fmt: skip
+def test_a_tokenizer_disagreeing_with_config_json_is_refused_naming_both(
+    name, file, key, tmp_path, no_weights
+):
+    directory = legacy_copy(name, tmp_path)
+    size = json.loads((directory / "config.json").read_text())["config"][key]
+    edit(directory / file, grow(20))
+    with pytest.raises(DataError) as refused:
+        Translator.from_pretrained(directory)
+    assert str(refused.value) == (f"{directory / file}: a vocabulary of {size + 20} tokens, "
+                                  f"but {directory / 'config.json'} has {key}={size}")  # fmt: skip
+
+
+def test_an_enormous_vocabulary_is_refused_before_any_weight_is_allocated(tmp_path, no_weights):
+    directory = legacy_copy("transformer", tmp_path)
+    original = (directory / "tokenizer.json").read_text()
+    edit(directory / "tokenizer.json", grow(40_000))
+    with pytest.raises(DataError, match=r"tokenizer\.json: a vocabulary of 40280 tokens"):
+        Translator.from_pretrained(directory)
+    (directory / "tokenizer.json").write_text(original + " " * (2 << 20))  # refused unread
+    with pytest.raises(DataError, match=r"tokenizer\.json: \d+ bytes, more than the vocab"):
+        Translator.from_pretrained(directory)
+    (directory / "tokenizer.json").write_text(original)
+    edit(directory / "config.json", lambda d: d["config"].update(src_vocab_size=10**9,
+                                                                 tgt_vocab_size=10**9))  # fmt: skip
+    with pytest.raises(DataError, match=r"config\.json has src_vocab_size=1000000000"):
+        Translator.from_pretrained(directory)
+
+
+def rename(old: str, new: str):
+    def change(data: dict) -> None:
+        vocab = data["model"]["vocab"]
+        vocab[new] = vocab.pop(old)
+        for token in data["added_tokens"]:
+            token["content"] = new if token["content"] == old else token["content"]
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "old, new, message",
+    [("<unk>", "<oov>", "'<unk>' must have id 3"), ("<s>", "<bos>", "'<s>' must have id 1")],
+)
+def test_a_tokenizer_without_seqkits_special_tokens_is_refused(
+    old, new, message, tmp_path, no_weights
+):
+    directory = legacy_copy("gru-bahdanau", tmp_path)
+    edit(directory / "target_tokenizer.json", rename(old, new))
+    with pytest.raises(DataError, match=rf"target_tokenizer\.json: special token {message}"):
+        Translator.from_pretrained(directory)
+
+
+def test_translate_refuses_a_disagreeing_tokenizer_in_one_line(tmp_path):
+    directory = legacy_copy("transformer", tmp_path)
+    edit(directory / "tokenizer.json", grow(3))
+    result = seqkit("translate", "--model", str(directory), stdin="seven\n")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"seqkit translate: {directory / 'tokenizer.json'}: a "
+                                     f"vocabulary of 283 tokens, but {directory / 'config.json'} "
+                                     "has src_vocab_size=280")  # fmt: skip
