@@ -4,11 +4,14 @@ stream and its character counts, save → load, and a tiny model learning a tiny
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import replace
 
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
 
 from seqkit import (
     LanguageModel,
@@ -166,3 +169,35 @@ def test_a_tiny_model_learns_a_tiny_language_and_saves_and_loads(tmp_path):
     texts = ["the cat sat on the mat.", "a dog"]
     assert loaded.log_likelihoods(texts) == generator.log_likelihoods(texts)
     assert loaded.perplexity(texts[:1]) < 1.5 < loaded.perplexity(texts[1:])
+
+
+def lm_variants() -> list:
+    """Every LM config class in variants that hold every pair of its Literal/bool options,
+    with a window and without (as tests/test_contract.py does for seq2seq models)."""
+    from test_contract import all_pairs
+
+    from seqkit.models import LMConfig
+
+    variants = []
+    for cls in typing.get_args(LMConfig):
+        for config in all_pairs(cls, None):
+            for context in (0, 3):
+                variants.append(replace(config, vocab_size=V, context=context))
+    return variants
+
+
+@pytest.mark.parametrize("config", lm_variants(), ids=repr)
+def test_every_language_model_keeps_the_contract(config, tmp_path):
+    torch.manual_seed(0)
+    net = build_model(config)
+    x = tokens(t=9)
+    logits = net(x)
+    assert logits.shape == (*x.shape, V) and torch.isfinite(logits).all()
+    F.cross_entropy(logits.flatten(0, 1), torch.roll(x, -1, 1).flatten()).backward()
+    silent = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not silent, f"no gradient reaches {silent}"
+    net.eval()
+    save_model(net, str(tmp_path / "w.safetensors"))
+    loaded = build_model(config).eval()
+    load_model(loaded, str(tmp_path / "w.safetensors"))
+    torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
