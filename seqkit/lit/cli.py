@@ -14,9 +14,11 @@ import torch
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from seqkit.errors import ConfigError
 from seqkit.labeler import Labeler
+from seqkit.lit.checkpoint_io import AtomicCheckpointIO
 from seqkit.lit.classifier import Classifier
 from seqkit.lit.seq2seq import Seq2Seq
 from seqkit.translator import Translator, one_line
@@ -99,7 +101,11 @@ class SeqkitCLI(LightningCLI):
             data.use_tokenizer(init_from)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """The trainer, writing checkpoints atomically where it would use Lightning's plain
+        TorchCheckpointIO (a checkpoint IO plugin given on the command line is kept)."""
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         project = self._get(self.config_init, "wandb")
         if project:
             from lightning.pytorch.loggers import WandbLogger
