@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from seqkit.lit.checkpoint_io import AtomicCheckpointIO
 from seqkit.lit.cli import load_checkpoint, pretrained
 
 RESUME_STATE = ("optimizer_states", "lr_schedulers", "callbacks")
@@ -166,7 +167,7 @@ def write(checkpoint: dict, out: str | Path) -> str:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".ckpt":
-        torch.save(checkpoint, out)
+        AtomicCheckpointIO().save_checkpoint(checkpoint, out)
         return f"checkpoint written to {out}\n  export: seqkit export {out} DIR"
     if not checkpoint.get("tokenizers"):
         raise ValueError("the checkpoints hold no tokenizer, so write a .ckpt, not a directory")

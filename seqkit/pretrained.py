@@ -6,6 +6,7 @@ Nothing is ever unpickled."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,9 +43,12 @@ def save_directory(
     provenance: dict[str, Any],
     tokenizers=None,
 ) -> Path:
-    """Write a model directory: config.json holds `model_type`, `config`, the inference
-    `fields` (decoding, image source, class names, ...) and `provenance` (training data by
-    name, recipe, steps, metrics); then the weights, the tokenizers if any, and the card."""
+    """Write a model directory: the weights, the tokenizers if any, the card, and last
+    config.json, which holds `model_type`, `config`, the inference `fields` (decoding, image
+    source, class names, ...) and `provenance` (training data by name, recipe, steps,
+    metrics). An earlier config.json goes first and the new one is renamed into place, so an
+    export that is killed leaves a directory that is refused, never one that loads as a mix
+    of two exports."""
     from seqkit import __version__
 
     directory = Path(directory)
@@ -55,12 +59,16 @@ def save_directory(
     config_dict = config_to_dict(config)
     meta = {"model_type": model_type(config), "config": config_dict, **fields,
             "provenance": provenance, "seqkit_version": __version__}  # fmt: skip
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    config_path = directory / CONFIG_FILE
+    config_path.unlink(missing_ok=True)
     save_model(net, str(directory / WEIGHTS_FILE))
     if tokenizers is not None:
         tokenizers.save(directory)
     card = model_card(config_dict, net, provenance, fields.get("image_source"))
     card.save(directory / CARD_FILE)
+    temp = config_path.with_name(f".{CONFIG_FILE}.tmp")
+    temp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, config_path)
     return directory
 
 

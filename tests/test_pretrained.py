@@ -111,3 +111,23 @@ def test_translate_refuses_a_disagreeing_tokenizer_in_one_line(tmp_path):
     assert result.stderr.strip() == (f"seqkit translate: {directory / 'tokenizer.json'}: a "
                                      f"vocabulary of 283 tokens, but {directory / 'config.json'} "
                                      "has src_vocab_size=280")  # fmt: skip
+
+
+def test_an_export_stopped_halfway_over_an_earlier_one_is_refused_not_mixed(tmp_path, monkeypatch):
+    # Export A, then export B into the same directory, stopped while writing B's weights:
+    # what is left must not load as B's config.json with A's weights, or the reverse.
+    translator = Translator.from_pretrained(LEGACY / "transformer")
+    out = translator.save_pretrained(tmp_path / "model")
+
+    def stopped(net, path):
+        Path(path).write_bytes(b"\0" * 10)  # a kill mid-write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("seqkit.pretrained.save_model", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        translator.save_pretrained(out)
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match=r"config\.json: not found"):
+        Translator.from_pretrained(out)
+    assert translator.save_pretrained(out) == out  # exporting again repairs it
+    assert Translator.from_pretrained(out).translate(["one"]) == translator.translate(["one"])
