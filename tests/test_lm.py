@@ -201,3 +201,43 @@ def test_every_language_model_keeps_the_contract(config, tmp_path):
     loaded = build_model(config).eval()
     load_model(loaded, str(tmp_path / "w.safetensors"))
     torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "options"),
+    [
+        ("gru-lm", ["--model.init_args.tbptt_steps=8"]),
+        ("transformer-lm", ["--model.init_args.config.context=4"]),
+    ],
+)
+def test_a_recipe_trains_exports_and_resumes_through_the_cli(tmp_path, recipe, options, capsys):
+    from test_cli import ROOT, seqkit
+
+    from seqkit.cli import main
+
+    tiny = ["--data.vocab_size=300", "--data.seq_len=16", "--data.batch_size=4",
+            "--trainer.enable_progress_bar=false", "--trainer.max_steps=6",
+            "--trainer.limit_val_batches=2", "--trainer.val_check_interval=3",
+            "--trainer.limit_test_batches=2", f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    size = (["--model.init_args.config.embed_dim=16", "--model.init_args.config.hidden_size=16"]
+            if recipe != "transformer-lm" else
+            ["--model.init_args.config.d_model=16", "--model.init_args.config.d_ff=32",
+             "--model.init_args.config.n_layers=1"])  # fmt: skip
+    main(["fit", "--config", str(ROOT / f"recipes/{recipe}.yaml"), *tiny, *size, *options])
+    written = capsys.readouterr().out
+    model_dir = written.split("model written to ")[1].split()[0]
+    generator = TextGenerator.from_pretrained(model_dir)
+    assert math.isfinite(generator.perplexity(["The with statement."]))
+    assert generator.provenance["metrics"]["test/ppl"] > 1
+    # The export of the best checkpoint is the model fit wrote.
+    (best,) = [path for path in tmp_path.rglob("*.ckpt") if path.name != "last.ckpt"]
+    exported = seqkit("export", str(best), str(tmp_path / "exported"))
+    assert exported.returncode == 0, exported.stderr
+    again = TextGenerator.from_pretrained(tmp_path / "exported")
+    ((score, n),) = again.log_likelihoods(["for loops"])
+    assert (pytest.approx(score, abs=1e-4), n) == generator.log_likelihoods(["for loops"])[0]
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    # Resuming continues the step count and keeps what a resumed run may change.
+    main(["fit", "--config", str(ROOT / f"recipes/{recipe}.yaml"), *tiny, *size, *options,
+          "--trainer.max_steps=9", f"--ckpt_path={checkpoint}"])  # fmt: skip
+    assert "model written to" in capsys.readouterr().out

@@ -17,9 +17,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from seqkit.errors import ConfigError
+from seqkit.generator import TextGenerator
 from seqkit.labeler import Labeler
 from seqkit.lit.checkpoint_io import AtomicCheckpointIO
 from seqkit.lit.classifier import Classifier
+from seqkit.lit.lm import LanguageModel
 from seqkit.lit.seq2seq import Seq2Seq
 from seqkit.translator import Translator, one_line
 
@@ -124,7 +126,7 @@ class SeqkitCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
-        if trainer.interrupted or not isinstance(self.model, Seq2Seq | Classifier):
+        if trainer.interrupted or not isinstance(self.model, Seq2Seq | Classifier | LanguageModel):
             return
         callback = trainer.checkpoint_callback
         best = callback.best_model_path if callback else ""
@@ -144,12 +146,12 @@ class SeqkitCLI(LightningCLI):
         if trainer.is_global_zero:
             model = self.model
             out = pretrained(model).save_pretrained(run_dir / "model", metrics=metrics).resolve()
-            text_source = isinstance(model, Seq2Seq) and model.image_source is None
-            use = (
-                f"translate --model {out} < src.txt"
-                if text_source
-                else f"predict --model {out} IMAGE..."
-            )
+            if isinstance(model, LanguageModel):
+                use = f'generate --model {out} --prompt "..."'
+            elif isinstance(model, Seq2Seq) and model.image_source is None:
+                use = f"translate --model {out} < src.txt"
+            else:
+                use = f"predict --model {out} IMAGE..."
             print(f"\nmodel written to {out}\n  use it: seqkit {use}")
 
     def after_predict(self) -> None:
@@ -170,8 +172,10 @@ class SeqkitCLI(LightningCLI):
         print(f"{len(rows)} translations written to {out}")
 
 
-RESUMABLE = ("optimizer", "decoding", "label_smoothing", "nonfinite_patience")
-"""Seq2Seq/Classifier settings a run resumed with --ckpt_path takes from the command line."""
+RESUMABLE = ("optimizer", "decoding", "label_smoothing", "nonfinite_patience", "tbptt_steps",
+             "gradient_clip_val")  # fmt: skip
+"""Settings of seqkit's LightningModules that a run resumed with --ckpt_path takes from the
+command line."""
 
 
 def run_directory(trainer: L.Trainer) -> Path:
@@ -213,15 +217,19 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> SeqkitCLI:
     )
 
 
-def load_checkpoint(path: str | Path) -> Seq2Seq | Classifier:
-    """A Lightning checkpoint of Seq2Seq or Classifier, read without unpickling code
+def load_checkpoint(path: str | Path) -> Seq2Seq | Classifier | LanguageModel:
+    """A Lightning checkpoint of Seq2Seq, Classifier or LanguageModel, read without unpickling code
     (weights_only: a file that holds code is refused with a ValueError naming it); the class
     is the one the checkpoint names, any model family."""
     from seqkit.average import read_checkpoint
 
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
-    cls = Classifier if str(hparams.get("_class_path", "")).endswith(".Classifier") else Seq2Seq
+    # By the class path LightningCLI saved, else by a setting only that class has.
+    name = str(hparams.get("_class_path", "")).rpartition(".")[2]
+    cls = {"Classifier": Classifier, "LanguageModel": LanguageModel}.get(name, Seq2Seq)
+    if not name and "tbptt_steps" in hparams:
+        cls = LanguageModel
     # LightningCLI's instantiator would parse the saved `config` dict against the signature's
     # union, as its default's type (TransformerConfig), refusing an RNN's fields: the
     # modules build a config from a plain dict themselves (`config_from_dict`).
@@ -232,6 +240,10 @@ def load_checkpoint(path: str | Path) -> Seq2Seq | Classifier:
     return cls.load_from_checkpoint(buffer, map_location="cpu", weights_only=True)
 
 
-def pretrained(module: Seq2Seq | Classifier) -> Translator | Labeler:
+def pretrained(
+    module: Seq2Seq | Classifier | LanguageModel,
+) -> Translator | Labeler | TextGenerator:
     """The inference object of a LightningModule, which writes its model directory."""
+    if isinstance(module, LanguageModel):
+        return module.generator
     return module.translator if isinstance(module, Seq2Seq) else module.labeler
