@@ -26,6 +26,7 @@ _WHERE = {
     "RNNConfig": "seqkit.models.rnn",
     "RNNLMConfig": "seqkit.models.lm",
     "ReaderConfig": "seqkit.models.vit",
+    "SamplingConfig": "seqkit.sampling",
     "Seq2Seq": "seqkit.lit.seq2seq",
     "TextGenerator": "seqkit.generator",
     "TransformerConfig": "seqkit.models.transformer",
@@ -48,6 +49,7 @@ __all__ = [
     "RNNConfig",
     "RNNLMConfig",
     "ReaderConfig",
+    "SamplingConfig",
     "Seq2Seq",
     "TextGenerator",
     "TransformerConfig",
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
     from seqkit.models import ReaderConfig, RNNConfig, TransformerConfig, ViTConfig
     from seqkit.models.lm import RNNLMConfig, TransformerLMConfig
     from seqkit.models.patches import ImageSource
+    from seqkit.sampling import SamplingConfig
     from seqkit.translator import Translator
 
 

@@ -13,17 +13,16 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from tokenizers import Tokenizer
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from seqkit.data.batching import pad
-from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS
+from seqkit.tokens import BOS, EOS, PAD, token_labels
 
 
 class TokensPerSecond(L.Callback):
     """Logs training throughput in real (non-padding) source + target tokens (or image patches)
-    per second.
+    per second; for a language model, the tokens it predicts.
 
     `train/tokens_per_sec` covers the steps since the last log; at the end of fitting the
     run's totals are printed, so that benchmarks and users read one comparable figure.
@@ -44,11 +43,15 @@ class TokensPerSecond(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        src_mask = batch.get("src_mask")  # image patches come with theirs
-        src_tokens = (batch["src"] != PAD).sum() if src_mask is None else src_mask.sum()
-        tokens = int(src_tokens + (batch["tgt_out"] != PAD).sum())
+        if "target" in batch:  # a language model's window: the tokens it predicts
+            tokens, rows = int((batch["target"] != PAD).sum()), len(batch["target"])
+        else:
+            src_mask = batch.get("src_mask")  # image patches come with theirs
+            src_tokens = (batch["src"] != PAD).sum() if src_mask is None else src_mask.sum()
+            tokens = int(src_tokens + (batch["tgt_out"] != PAD).sum())
+            rows = len(batch["tgt_out"])
         self.tokens += tokens
-        self.sequences += len(batch["tgt_out"])
+        self.sequences += rows
         self.seconds += now - self._step_start
         self._window_tokens += tokens
         if trainer.global_step % trainer.log_every_n_steps == 0:
@@ -268,15 +271,6 @@ class AttentionMaps(_ValidationSamples):
                 images.append(render_attention(grid, src_labels, tgt_labels))
                 captions.append(f"{sources[i]} → {text}")
         return images, captions
-
-
-def token_labels(tokenizer: Tokenizer, ids: list[int]) -> list[str]:
-    """One readable label per token id; "▁" marks a leading space, as in SentencePiece."""
-    labels = []
-    for i in ids:
-        text = SPECIAL_TOKENS[i] if i < len(SPECIAL_TOKENS) else tokenizer.decode([i])
-        labels.append(text.replace(" ", "▁"))
-    return labels
 
 
 def render_attention(

@@ -1,10 +1,11 @@
 """The `seqkit` command: LightningCLI's fit/validate/test/predict (`seqkit.lit.cli`, imported
-only for them); translate, evaluate, serve, predict, export and average, which load a model
-directory without Lightning."""
+only for them); translate, evaluate, serve, predict, export, average and diagnose, which load
+a model directory without Lightning."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import json
 import sys
@@ -28,11 +29,13 @@ Training (LightningCLI; `seqkit COMMAND --help` lists every option):
 
 Using trained models:
   translate  translate lines as they come: seqkit translate --model DIR < src.txt > hyp.txt
+  generate   sample from an LM or seq2seq model: seqkit generate --model DIR --prompt "Once"
   evaluate   sacreBLEU and chrF: seqkit evaluate --model DIR --src test.en.gz --ref test.de.gz
   serve      an HTTP API: seqkit serve --model DIR [--host 127.0.0.1] [--port 8000]
   predict    label or read image files: seqkit predict --model DIR a.png b.png
   export     write a checkpoint as a model directory: seqkit export CKPT DIR
   average    average checkpoints: seqkit average --last 5 RUN_DIR/checkpoints --out DIR
+  diagnose   look inside: seqkit diagnose attention --model DIR --text "forty-two" --out DIR
 """
 # DecodingConfig field -> the flag that sets it, so that an error names what the user typed.
 FLAGS = {"beam_size": "--beam", "n_best": "--nbest", "alpha": "--alpha",
@@ -335,25 +338,24 @@ def predict_main(argv: list[str]) -> None:
         print(f"{path}\t{one_line(str(output))}")
 
 
-def serve_main(argv: list[str]) -> None:
-    from seqkit import serve
-
-    serve.main(argv)
-
-
-def average_main(argv: list[str]) -> None:
-    from seqkit import average
-
-    average.main(argv)
-
-
 TOOLS = {
     "translate": translate_main,
+    "generate": "seqkit.generate_cli:main",
     "evaluate": evaluate_main,
-    "serve": serve_main,
+    "serve": "seqkit.serve:main",
     "export": export_main,
-    "average": average_main,
+    "average": "seqkit.average:main",
+    "diagnose": "seqkit.diagnose:main",
 }
+"""Command -> its function, or "module:function" for one imported only when it runs."""
+
+
+def _tool(name: str):
+    tool = TOOLS[name]
+    if isinstance(tool, str):
+        module, _, function = tool.partition(":")
+        tool = getattr(importlib.import_module(module), function)
+    return tool
 
 
 def _names_model_directory(args: list[str]) -> bool:
@@ -376,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if args[0] in TOOLS:
-            TOOLS[args[0]](args[1:])
+            _tool(args[0])(args[1:])
         elif args[0] == "predict" and _names_model_directory(args[1:]):
             predict_main(args[1:])
         else:

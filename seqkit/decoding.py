@@ -7,19 +7,26 @@ state. Every tensor in a state has the batch as its first dimension.
 
 Every sentence has its own length limit (`max_len` may be one int or one per sentence), so a
 sentence's output never depends on the other sentences of its batch.
+
+`search` takes a `DecodingConfig` (greedy or beam search) or a `seqkit.sampling.SamplingConfig`
+(ancestral sampling): a config's type picks the road.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
 from seqkit.tokens import BOS, EOS, PAD
+
+if TYPE_CHECKING:
+    from seqkit.sampling import SamplingConfig
 
 
 class Decodable(Protocol):
@@ -65,6 +72,11 @@ class DecodingConfig:
         """These settings with greedy search and one hypothesis (validation decodes so)."""
         return replace(self, beam_size=1, n_best=1)
 
+    @property
+    def num_returned(self) -> int:
+        """Hypotheses returned per source: `n_best`."""
+        return self.n_best
+
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise DecodingError("beam_size", f"must be at least 1, got {self.beam_size}")
@@ -74,12 +86,17 @@ class DecodingConfig:
             )
         if not 0 <= self.alpha < math.inf:  # also refuses NaN
             raise DecodingError("alpha", f"must be finite and >= 0, got {self.alpha}")
-        if self.min_len < 0:
-            raise DecodingError("min_len", f"must be >= 0, got {self.min_len}")
-        if self.max_len is not None and self.max_len < 1:
-            raise DecodingError("max_len", f"must be at least 1, got {self.max_len}")
-        if self.max_len is not None and self.min_len > self.max_len:
-            raise DecodingError("min_len", f"min_len={self.min_len} exceeds max_len={self.max_len}")
+        check_lengths(self.min_len, self.max_len)
+
+
+def check_lengths(min_len: int, max_len: int | None) -> None:
+    """Raise `DecodingError` naming `min_len` or `max_len` for a length setting out of range."""
+    if min_len < 0:
+        raise DecodingError("min_len", f"must be >= 0, got {min_len}")
+    if max_len is not None and max_len < 1:
+        raise DecodingError("max_len", f"must be at least 1, got {max_len}")
+    if max_len is not None and min_len > max_len:
+        raise DecodingError("min_len", f"min_len={min_len} exceeds max_len={max_len}")
 
 
 class Hypothesis(NamedTuple):
@@ -87,7 +104,7 @@ class Hypothesis(NamedTuple):
     """Output token ids, without BOS and EOS."""
     score: float
     """Sum of token log-probabilities (EOS included when it ended) divided by the length
-    penalty."""
+    penalty (a sample's: not divided)."""
 
 
 def default_max_len(src_mask: Tensor) -> Tensor:
@@ -96,7 +113,7 @@ def default_max_len(src_mask: Tensor) -> Tensor:
 
 
 def length_limits(
-    src_mask: Tensor, config: DecodingConfig, max_positions: int | None = None
+    src_mask: Tensor, config: DecodingConfig | SamplingConfig, max_positions: int | None = None
 ) -> Tensor:
     """The most output tokens (B,) each source sentence of `src_mask` (B, S) may get under
     `config`: its `max_len` or `default_max_len` (at least `min_len` + 1), at most
@@ -143,17 +160,22 @@ def search(
     net: Decodable,
     src: Tensor,
     src_mask: Tensor,
-    config: DecodingConfig,
+    config: DecodingConfig | SamplingConfig,
     *,
     max_len: int | Tensor | None = None,
 ) -> list[list[Hypothesis]]:
-    """The `config.n_best` hypotheses of each source, best first, with their scores: greedy
-    search when `config.beam_size` is 1, else `beam_search`. `max_len` (B,) overrides
-    `config.max_len`, e.g. with `length_limits`."""
+    """The `config.num_returned` hypotheses of each source with their scores: for a
+    `DecodingConfig`, the n-best, best first, of greedy search when `config.beam_size` is 1,
+    else of `beam_search`; for a `SamplingConfig`, samples in the order drawn (`sample`).
+    `max_len` (B,) overrides `config.max_len`, e.g. with `length_limits`."""
     max_len = config.max_len if max_len is None else max_len
+    if not isinstance(config, DecodingConfig):
+        from seqkit.sampling import draw_samples  # here: seqkit.sampling imports this module
+
+        return draw_samples(net, src, src_mask, _limits(max_len, src_mask), config)
     if config.beam_size == 1:
-        tokens, scores = _greedy(net, src, src_mask, _limits(max_len, src_mask),
-                                 config.min_len, config.alpha, BOS, EOS)  # fmt: skip
+        tokens, scores = _one_path(net, src, src_mask, _limits(max_len, src_mask),
+                                   config.min_len, config.alpha, BOS, EOS)  # fmt: skip
         return [[Hypothesis(t, s)] for t, s in zip(tokens, scores, strict=True)]
     options = {"alpha": config.alpha, "n_best": config.n_best, "min_len": config.min_len}
     return beam_search(net, src, src_mask, beam_size=config.beam_size, max_len=max_len, **options)
@@ -173,11 +195,20 @@ def greedy(
     """Most likely next token at every step, for a batch of sources (B, S) or (B, S, P).
     `max_len`: the most tokens, one int or one per sentence (B,); default `default_max_len`.
     `min_len`: EOS is banned before this many tokens."""
-    return _greedy(net, src, src_mask, _limits(max_len, src_mask), min_len, 0.0, bos, eos)[0]
+    return _one_path(net, src, src_mask, _limits(max_len, src_mask), min_len, 0.0, bos, eos)[0]
+
+
+Pick = Callable[[Tensor, Tensor, int], Tensor]
+"""Chooses the next tokens (N,) from their log-probabilities (N, V), given which sources the
+rows are (N,) and the step."""
+
+
+def _most_likely(logp: Tensor, rows: Tensor, t: int) -> Tensor:
+    return logp.max(-1).indices
 
 
 @torch.inference_mode()
-def _greedy(
+def _one_path(
     net: Decodable,
     src: Tensor,
     src_mask: Tensor,
@@ -186,8 +217,11 @@ def _greedy(
     alpha: float,
     bos: int,
     eos: int,
+    pick: Pick = _most_likely,
 ) -> tuple[list[list[int]], list[float]]:
-    """Greedy tokens and their scores, length-normalized as `beam_search`'s."""
+    """One hypothesis per source, token by token: the most likely token (greedy search) or
+    what another `pick` chooses (sampling draws one); with the hypotheses' log-probabilities,
+    length-normalized as `beam_search`'s."""
     memory = net.encode(src, src_mask)
     state = net.init_state(memory, src_mask)
     b, steps = src.shape[0], int(limits.max())
@@ -198,9 +232,10 @@ def _greedy(
     step = torch.full((b, 1), bos, **ids)
     for t in range(steps):
         logits, state = net.decode(step, memory, src_mask, state)
-        best, token = next_token_logprobs(logits, _banned(t, min_len, bos, eos)).max(-1)
+        logp = next_token_logprobs(logits, _banned(t, min_len, bos, eos))
+        token = pick(logp, active, t)
         out[active, t] = token
-        logprob[active] += best
+        logprob[active] += logp.gather(1, token[:, None]).squeeze(1)
         going = (token != eos) & (limits[active] > t + 1)
         if not going.all():  # finished sentences leave the batch
             keep = going.nonzero().squeeze(1)

@@ -3,7 +3,9 @@
 
 It holds the network, the tokenizers, one validated `DecodingConfig` and, for a model that
 reads images, its `ImageSource`. `seqkit translate`, `seqkit serve`, `seqkit predict`, the
-LightningModule's validation and test, and the logging callbacks all decode through it.
+LightningModule's validation and test, and the logging callbacks all decode through it. Every
+decoding method also takes a `SamplingConfig`, to draw translations from the decoder
+(`seqkit generate`) instead of searching for the best.
 Importing it loads torch, tokenizers and safetensors, never Lightning, `datasets` or
 scikit-learn.
 """
@@ -26,6 +28,7 @@ from seqkit.models import ModelConfig
 from seqkit.models.patches import ImageSource
 from seqkit.models.source import source_mask
 from seqkit.pretrained import load_network, load_tokenizers, read_directory, save_directory
+from seqkit.sampling import Decoding
 from seqkit.tokens import EOS
 
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines() splits on
@@ -41,24 +44,25 @@ class Scored(NamedTuple):
     text: str
     """A detokenized hypothesis."""
     score: float
-    """Its log-probability (EOS included) divided by the GNMT length penalty; 0 for an
-    empty source."""
+    """Its log-probability (EOS included) divided by the GNMT length penalty (a sample's:
+    not divided); 0 for an empty source."""
 
 
 @dataclass(frozen=True)
 class Translation:
-    """What one source became: `n_best` hypotheses, best first."""
+    """What one source became: `n_best` hypotheses, best first, or `num_samples` samples."""
 
     hypotheses: tuple[Scored, ...]
-    """The n-best list, best first."""
+    """The n-best list, best first; or the samples, in the order drawn."""
     hit_limit: bool = False
-    """The best hypothesis ran into its length limit (`max_len`) without ending."""
+    """The best hypothesis (the first sample) ran into its length limit (`max_len`) without
+    ending."""
     source_truncated: bool = False
     """The source was longer than the model's `max_positions` and was cut to fit."""
 
     @property
     def text(self) -> str:
-        """The best hypothesis."""
+        """The best hypothesis (the first sample)."""
         return self.hypotheses[0].text
 
     @property
@@ -105,7 +109,7 @@ class Translator:
     # -- decoding batches ---------------------------------------------------------------
     @torch.inference_mode()
     def search(
-        self, src: Tensor, src_mask: Tensor | None = None, decoding: DecodingConfig | None = None
+        self, src: Tensor, src_mask: Tensor | None = None, decoding: Decoding | None = None
     ) -> tuple[list[list[Hypothesis]], Tensor]:
         """Token-level n-best lists of a padded batch of source ids (B, S), or of image
         patches (B, S, P) with their `src_mask` (B, S), and each sentence's length limit (B,).
@@ -121,7 +125,7 @@ class Translator:
             self.net.train(was_training)
 
     def generate(
-        self, src: Tensor, src_mask: Tensor | None = None, decoding: DecodingConfig | None = None
+        self, src: Tensor, src_mask: Tensor | None = None, decoding: Decoding | None = None
     ) -> list[Translation]:
         """Detokenized n-best lists of a padded batch, as `search` finds them."""
         hyps, limits = self.search(src, src_mask, decoding)
@@ -136,7 +140,7 @@ class Translator:
     def translate(
         self,
         texts: Sequence[str],
-        decoding: DecodingConfig | None = None,
+        decoding: Decoding | None = None,
         *,
         max_tokens: int = 4096,
     ) -> list[str]:
@@ -160,7 +164,7 @@ class Translator:
     def translate_stream(
         self,
         lines: Iterable[str],
-        decoding: DecodingConfig | None = None,
+        decoding: Decoding | None = None,
         *,
         max_tokens: int = 4096,
         chunk_size: int = 2000,
@@ -183,9 +187,9 @@ class Translator:
             yield from self._translate_chunk(chunk, decoding, max_tokens)
 
     def _translate_chunk(
-        self, texts: list[str], decoding: DecodingConfig, max_tokens: int
+        self, texts: list[str], decoding: Decoding, max_tokens: int
     ) -> list[Translation]:
-        out = [Translation((Scored("", 0.0),) * decoding.n_best)] * len(texts)  # immutable
+        out = [Translation((Scored("", 0.0),) * decoding.num_returned)] * len(texts)  # immutable
         todo = [i for i, t in enumerate(texts) if t.strip()]
         ids = self.tokenizers.encode_source([texts[i] for i in todo])
         limit = self.max_positions
@@ -200,7 +204,7 @@ class Translator:
 
     # -- images ---------------------------------------------------------------------------
     def read(
-        self, images: Any, decoding: DecodingConfig | None = None, *, batch_size: int = 64
+        self, images: Any, decoding: Decoding | None = None, *, batch_size: int = 64
     ) -> list[str]:
         """The text of each image, for a model whose source is images: file paths, arrays
         or tensors as `load_images` takes them, of any width; each is scaled to the training
@@ -213,7 +217,7 @@ class Translator:
         return [t.text for t in self.read_translations(images, decoding, batch_size=batch_size)]
 
     def read_translations(
-        self, images: Any, decoding: DecodingConfig | None = None, *, batch_size: int = 64
+        self, images: Any, decoding: Decoding | None = None, *, batch_size: int = 64
     ) -> list[Translation]:
         """`read`, with n-best lists and scores."""
         from seqkit.data.images import image_items, load_images, resize

@@ -83,7 +83,7 @@ class LanguageModelData(L.LightningDataModule):
         tokenizer: str | None = None,
         seq_len: int = 128,
         batch_size: int = 32,
-        held_out: float = 0.05,
+        held_out: float = 0.1,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
