@@ -19,6 +19,7 @@ USAGE = """usage: seqkit diagnose WHAT [options]
 
 WHAT: {names} (seqkit diagnose WHAT --help says what it shows)
   seqkit diagnose attention --model DIR --text "forty-two" --out DIR
+  seqkit diagnose gradient-flow [--model LM_DIR ...] --out DIR
 """
 
 
