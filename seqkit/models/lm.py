@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from seqkit.models.rnn import CELLS, set_forget_bias
-from seqkit.models.transformer import EncoderLayer, KVCache, sinusoidal_positions
+from seqkit.models.transformer import EncoderLayer, KVCache, add_positions, positions
 from seqkit.tokens import PAD
 
 State = dict[str, Tensor]
@@ -201,24 +201,9 @@ class TransformerLM(_LanguageModel):
         super().__init__()
         c = self.config = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=PAD)
-        if c.positions == "learned":
-            self.pos_embed = nn.Embedding(c.max_positions, c.d_model)
-        else:
-            table = sinusoidal_positions(c.max_positions, c.d_model)
-            self.register_buffer("pos_table", table, persistent=False)
+        add_positions(self, c)
         self.embed_dropout = nn.Dropout(c.dropout)
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                c.d_model,
-                c.n_heads,
-                c.d_ff,
-                dropout=c.dropout,
-                attention_dropout=c.attention_dropout,
-                activation=c.activation,
-                norm_first=c.norm_first,
-            )
-            for _ in range(c.n_layers)
-        )
+        self.layers = nn.ModuleList(EncoderLayer.of(c) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.output = nn.Linear(c.d_model, c.vocab_size, bias=False)
         for name, p in self.named_parameters():
@@ -257,8 +242,7 @@ class TransformerLM(_LanguageModel):
             raise ValueError(
                 f"sequence of {offset + t} tokens exceeds max_positions={c.max_positions}"
             )
-        table = self.pos_embed.weight if c.positions == "learned" else self.pos_table
-        x = self.embed(tokens) * math.sqrt(c.d_model) + table[offset : offset + t]
+        x = self.embed(tokens) * math.sqrt(c.d_model) + positions(self)[offset : offset + t]
         x = self.embed_dropout(x)  # (B, T, D)
         # New queries see the whole past; several new positions must not see each other.
         mask = None if offset == 0 else _causal_mask(t, offset + t, tokens.device)

@@ -80,6 +80,22 @@ def sinusoidal_positions(n: int, d: int) -> Tensor:
     return table
 
 
+def add_positions(module: nn.Module, c) -> None:
+    """Give `module` what `c.positions` says: learned position embeddings (`pos_embed`) or
+    the fixed sinusoidal table (`pos_table`, a buffer checkpoints do not hold), for
+    `c.max_positions` positions of width `c.d_model`."""
+    if c.positions == "learned":
+        module.pos_embed = nn.Embedding(c.max_positions, c.d_model)
+    else:
+        table = sinusoidal_positions(c.max_positions, c.d_model)
+        module.register_buffer("pos_table", table, persistent=False)
+
+
+def positions(module: nn.Module) -> Tensor:
+    """The (max_positions, d_model) position encodings `add_positions` gave `module`."""
+    return module.pos_embed.weight if hasattr(module, "pos_embed") else module.pos_table
+
+
 class Attention(nn.Module):
     """Multi-head scaled dot-product attention through `F.scaled_dot_product_attention`."""
 
@@ -156,6 +172,21 @@ class EncoderLayer(nn.Module):
         self.attn_block = Residual(d_model, dropout, norm_first)
         self.ff_block = Residual(d_model, dropout, norm_first)
 
+    @classmethod
+    def of(cls, c) -> EncoderLayer:
+        """The layer of a config's sizes and options (d_model, n_heads, d_ff, dropout,
+        attention_dropout, activation, norm_first, and activation_dropout if it has one)."""
+        return cls(
+            c.d_model,
+            c.n_heads,
+            c.d_ff,
+            dropout=c.dropout,
+            attention_dropout=c.attention_dropout,
+            activation=c.activation,
+            norm_first=c.norm_first,
+            activation_dropout=getattr(c, "activation_dropout", 0.0),
+        )
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = self.attn_block(x, lambda h: self.attn(h, mask))
         return self.ff_block(x, self.ff)
@@ -227,25 +258,9 @@ class Transformer(nn.Module):
         self.tgt_embed = (
             self.src_embed if share else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=PAD)
         )
-        if c.positions == "learned":
-            self.pos_embed = nn.Embedding(c.max_positions, c.d_model)
-        else:
-            table = sinusoidal_positions(c.max_positions, c.d_model)
-            self.register_buffer("pos_table", table, persistent=False)
+        add_positions(self, c)
         self.embed_dropout = nn.Dropout(c.dropout)
-        self.encoder = nn.ModuleList(
-            EncoderLayer(
-                c.d_model,
-                c.n_heads,
-                c.d_ff,
-                dropout=c.dropout,
-                attention_dropout=c.attention_dropout,
-                activation=c.activation,
-                norm_first=c.norm_first,
-                activation_dropout=c.activation_dropout,
-            )
-            for _ in range(c.n_encoder_layers)
-        )
+        self.encoder = nn.ModuleList(EncoderLayer.of(c) for _ in range(c.n_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.n_decoder_layers))
         # Pre-norm leaves the residual stream unnormalized: normalize once at the top.
         self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
@@ -274,10 +289,7 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"sequence of {offset + t} tokens exceeds max_positions={self.config.max_positions}"
             )
-        if self.config.positions == "learned":
-            pos = self.pos_embed.weight[offset : offset + t]
-        else:
-            pos = self.pos_table[offset : offset + t]
+        pos = positions(self)[offset : offset + t]
         scale = math.sqrt(self.config.d_model) if isinstance(table, nn.Embedding) else 1.0
         x = table(tokens) * scale + pos
         return self.embed_dropout(x)  # (B, T, D)

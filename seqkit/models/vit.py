@@ -147,18 +147,7 @@ class ViT(nn.Module):
         n_tokens = n_patches + (c.pool == "cls")
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, c.d_model))
         self.embed_dropout = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            EncoderLayer(
-                c.d_model,
-                c.n_heads,
-                c.d_ff,
-                dropout=c.dropout,
-                attention_dropout=c.attention_dropout,
-                activation=c.activation,
-                norm_first=c.norm_first,
-            )
-            for _ in range(c.n_layers)
-        )
+        self.blocks = nn.ModuleList(EncoderLayer.of(c) for _ in range(c.n_layers))
         # Pre-norm leaves the residual stream unnormalized: normalize once at the top.
         self.norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.head = nn.Linear(c.d_model, c.num_classes)
