@@ -60,7 +60,7 @@ def _gate_rows(r: Measurement) -> list[tuple]:
 
 
 def _model_rows(r: Measurement) -> list[tuple]:
-    return [(r.model, r.stage, r.params, f"{r.loss:.4f}", f"{r.seconds:.1f}")]
+    return [(r.model, r.stage, r.params, f"{r.loss:.4f}", f"{r.seconds:.3g}")]
 
 
 def draw_measurements(results: list[Measurement], out: Path) -> list[Path]:
