@@ -86,7 +86,7 @@ def saved_bytes(model: LanguageModel, data: LanguageModelData, tbptt: int) -> in
 
 
 def context_table(args: argparse.Namespace) -> None:
-    data = LanguageModelData(args.data, vocab_size=args.vocab_size, seq_len=64, batch_size=16)
+    data = LanguageModelData(args.data, vocab_size=args.vocab_size, seq_len=64, batch_size=32)
     data.setup()
     rows = {}
     for family in args.families:
