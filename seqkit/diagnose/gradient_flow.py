@@ -348,12 +348,16 @@ def _directories(args: argparse.Namespace) -> list[Measurement]:
     from seqkit.generator import TextGenerator
 
     results = []
-    for directory in args.model:
+    # Each by its directory's name; when those repeat (RUN/model), by its family and place.
+    names = [Path(directory).resolve().name for directory in args.model]
+    for i, directory in enumerate(args.model):
         generator = TextGenerator.from_pretrained(directory, device=args.device)
         data = LanguageModelData(args.data, tokenizer=directory, seq_len=args.length,
                                  batch_size=args.batch_size, seed=args.seed)  # fmt: skip
         inputs, targets = held_out_batch(data, args.batch_size)
-        name = Path(directory).resolve().name
+        name = names[i]
+        if names.count(name) > 1:
+            name = f"{getattr(generator.config, 'cell', 'transformer')} ({i + 1})"
         results.append(measure(name, "trained", generator.net, inputs, targets))
         _report(results[-1])
     return results
