@@ -284,26 +284,26 @@ def beam_search(
     scores = torch.full((b, k), float("-inf"), device=src.device)
     scores[:, 0] = 0.0  # all beams start from the same BOS: keep one until they diverge
     history = torch.full((b * k, 1), bos, dtype=torch.long, device=src.device)
-    ended: list[list[Hypothesis]] = [[] for _ in range(b)]
+    ended = _Ended(b, k, src.device)
     active = torch.arange(b, device=src.device)  # sentences still being searched
     for t in range(int(limits.max())):
         n = len(active)
         rows = torch.arange(n, device=src.device)[:, None] * k
         logits, state = net.decode(history[:, -1:], memory, src_mask, state)
         logp = next_token_logprobs(logits, _banned(t, min_len, bos, eos))  # (N*K, V)
-        vocab = logp.shape[-1]
-        cand_scores, cand = (scores.view(-1, 1) + logp).view(n, k * vocab).topk(2 * k, dim=1)
-        beam, token = cand // vocab, cand % vocab  # (N, 2K)
+        # The 2K best of a sentence's K×V candidates are among each beam's 2K best: rank
+        # K×2K of them, not K×V.
+        per_beam = min(2 * k, logp.shape[1])
+        beam_logp, beam_token = logp.topk(per_beam, dim=1)  # (N*K, 2K)
+        cand_scores, cand = (scores.view(-1, 1) + beam_logp).view(n, -1).topk(2 * k)
+        beam, token = cand // per_beam, beam_token.view(n, -1).gather(1, cand)  # (N, 2K)
         is_eos = token == eos
         i, j = is_eos[:, :k].nonzero(as_tuple=True)
-        _finish(ended, active[i], rows[i, 0] + beam[i, j], cand_scores[i, j], history, t + 1,
-                alpha, k)  # fmt: skip
+        ended.add(active[i], rows[i, 0] + beam[i, j], cand_scores[i, j], history, t + 1, alpha)
         # Each beam adds at most one EOS, so at least k of the 2k candidates go on.
         alive = cand_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1).indices
         scores = cand_scores.gather(1, alive)  # best first
-        best = (scores[:, 0] / length_penalty(t + 1, alpha)).tolist()
-        going = [not _settled(ended[s], k, a) for s, a in zip(active.tolist(), best, strict=True)]
-        going = torch.tensor(going, device=src.device)
+        going = ~ended.settled(active, scores[:, 0] / length_penalty(t + 1, alpha))
         if not going.any():
             break
         index = (rows + beam.gather(1, alive)).view(-1)
@@ -313,8 +313,8 @@ def beam_search(
         if full.any():  # out of room: their live hypotheses end here, without EOS
             s = full.nonzero().squeeze(1)
             live = (rows[s] + torch.arange(k, device=src.device)).view(-1)
-            _finish(ended, active[s].repeat_interleave(k), live, scores[s].view(-1), history,
-                    t + 1, alpha, k)  # fmt: skip
+            ended.add(active[s].repeat_interleave(k), live, scores[s].view(-1), history, t + 1,
+                      alpha)  # fmt: skip
             going &= ~full
             if not going.any():
                 break
@@ -323,7 +323,7 @@ def beam_search(
             active, scores = active[keep], scores[keep]
             keep = (rows[keep] + torch.arange(k, device=src.device)).view(-1)
             history, memory, src_mask, state = _select((history, memory, src_mask, state), keep)
-    return [e[:n_best] for e in ended]
+    return [e[:n_best] for e in ended.hypotheses]
 
 
 def _select(tree, rows: Tensor):
@@ -331,28 +331,39 @@ def _select(tree, rows: Tensor):
     return tree_map(lambda x: x.index_select(0, rows), tree)
 
 
-def _finish(
-    ended: list[list[Hypothesis]],
-    sentence: Tensor,
-    rows: Tensor,
-    scores: Tensor,
-    history: Tensor,
-    length: int,
-    alpha: float,
-    k: int,
-) -> None:
-    """End the hypotheses in `history[rows]` (of `sentence`); each sentence keeps its k best."""
-    if not len(rows):
-        return
-    lp = length_penalty(length, alpha)
-    tokens = history[rows, 1:].tolist()
-    for i, toks, score in zip(sentence.tolist(), tokens, scores.tolist(), strict=True):
-        if score != float("-inf"):
-            ended[i].append(Hypothesis(toks, score / lp))
-            ended[i].sort(key=lambda h: -h.score)
-            del ended[i][k:]
+class _Ended:
+    """Each sentence's ended hypotheses, best first, at most k; with, as tensors, how many it
+    has and the worst one's score, so that checking every sentence costs no Python per step."""
 
+    def __init__(self, b: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.hypotheses: list[list[Hypothesis]] = [[] for _ in range(b)]
+        self.count = torch.zeros(b, dtype=torch.long, device=device)
+        self.worst = torch.full((b,), float("-inf"), device=device)
 
-def _settled(ended: list[Hypothesis], k: int, best_alive: float) -> bool:
-    """True once a sentence has k ended hypotheses that its best live one does not beat."""
-    return len(ended) == k and ended[-1].score >= best_alive
+    def add(
+        self,
+        sentence: Tensor,
+        rows: Tensor,
+        scores: Tensor,
+        history: Tensor,
+        length: int,
+        alpha: float,
+    ) -> None:
+        """End the hypotheses in `history[rows]` (of `sentence`, log-probabilities `scores`)."""
+        if not len(rows):
+            return
+        lp = length_penalty(length, alpha)
+        tokens = history[rows, 1:].tolist()
+        for i, toks, score in zip(sentence.tolist(), tokens, scores.tolist(), strict=True):
+            if score != float("-inf"):
+                ended = self.hypotheses[i]
+                ended.append(Hypothesis(toks, score / lp))
+                ended.sort(key=lambda h: -h.score)
+                del ended[self.k :]
+                self.count[i], self.worst[i] = len(ended), ended[-1].score
+
+    def settled(self, sentence: Tensor, best_alive: Tensor) -> Tensor:
+        """(N,) True for each sentence that has k ended hypotheses its best live one (scores
+        `best_alive` (N,)) does not beat."""
+        return (self.count[sentence] == self.k) & (self.worst[sentence] >= best_alive)

@@ -27,6 +27,7 @@ from seqkit.decoding import DecodingConfig, Hypothesis, length_limits, search
 from seqkit.models import ModelConfig
 from seqkit.models.patches import ImageSource
 from seqkit.models.source import source_mask
+from seqkit.precision import floating_dtype, set_compute_type
 from seqkit.pretrained import load_network, load_tokenizers, read_directory, save_directory
 from seqkit.sampling import Decoding
 from seqkit.tokens import EOS
@@ -81,6 +82,8 @@ class Translator:
         decoding: the default decoding settings; each call may pass another.
         image_source: how the network reads images, for an image-to-text model.
         provenance: where the weights came from (data, recipe, steps, metrics), for the card.
+        compute_type: the precision `net` was converted to for inference
+            (`seqkit.precision.set_compute_type`); only a "float32" translator saves.
     """
 
     net: nn.Module
@@ -88,6 +91,7 @@ class Translator:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     image_source: ImageSource | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    compute_type: str = "float32"
 
     @property
     def config(self) -> ModelConfig:
@@ -116,6 +120,8 @@ class Translator:
         A limit depends on its own source only (`length_limits`), never on batch-mates."""
         decoding = decoding or self.decoding
         src_mask = source_mask(src) if src_mask is None else src_mask
+        if src.is_floating_point():  # image patches, in the network's precision
+            src = src.to(floating_dtype(self.net))
         limits = length_limits(src_mask, decoding, self.max_positions)
         was_training = self.net.training
         self.net.eval()
@@ -252,6 +258,11 @@ class Translator:
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
         """Write config.json (model_type, config, decoding, image source, provenance and
         `metrics`), model.safetensors, the tokenizer file(s) and a README.md model card."""
+        if self.compute_type != "float32":
+            raise ValueError(
+                f"a translator converted to {self.compute_type} does not save: save the "
+                "float32 model and choose the compute type when loading it"
+            )
         provenance = {**self.provenance, **({"metrics": metrics} if metrics else {})}
         fields: dict[str, Any] = {"decoding": asdict(self.decoding)}
         if self.image_source is not None:
@@ -260,10 +271,13 @@ class Translator:
                               self.tokenizers)  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> Translator:
+    def from_pretrained(
+        cls, directory: str | Path, device: str = "cpu", compute_type: str = "float32"
+    ) -> Translator:
         """Load a directory written by `save_pretrained`, `seqkit fit` or `seqkit export`
-        (directories written before config.json named its `model_type` load too).
-        Nothing is unpickled.
+        (directories written before config.json named its `model_type` load too), for
+        inference in `compute_type` ("float32", "bfloat16" or, on the CPU, "int8"; see
+        `seqkit.precision`). Nothing is unpickled.
 
         Raises:
             FileNotFoundError: for a missing directory, config, weights or tokenizer file.
@@ -280,5 +294,5 @@ class Translator:
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
         tokenizers = load_tokenizers(config, source, directory)  # checked against config first
-        net = load_network(config, source, directory, device)
-        return cls(net, tokenizers, decoding, source, meta.get("provenance", {}))
+        net = set_compute_type(load_network(config, source, directory, device), compute_type)
+        return cls(net, tokenizers, decoding, source, meta.get("provenance", {}), compute_type)

@@ -103,7 +103,8 @@ def test_reorder_state_picks_rows():
     _, state = net.decode(tgt[:, :2], memory, mask, state)
     index = torch.tensor([2, 2, 0])
     moved = net.reorder_state(state, index)
-    torch.testing.assert_close(moved["self"][0][0], state["self"][0][0][index])
+    torch.testing.assert_close(moved["self"][0].keys, state["self"][0].keys[index])
+    torch.testing.assert_close(moved["self"][0].values, state["self"][0].values[index])
 
 
 def test_config_errors_and_round_trip():

@@ -20,10 +20,15 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 from seqkit.models.rnn import CELLS, set_forget_bias
-from seqkit.models.transformer import EncoderLayer, KVCache, add_positions, positions
+from seqkit.models.transformer import (
+    EncoderLayer,
+    KVCache,
+    add_positions,
+    positions,
+    reorder_rows,
+)
 from seqkit.tokens import PAD
 
 State = dict[str, Tensor]
@@ -163,7 +168,7 @@ class _LanguageModel(nn.Module):
     @staticmethod
     def reorder_state(state: State, index: Tensor) -> State:
         """Pick rows of the state (beam search, several samples of one prompt)."""
-        return tree_map(lambda t: t.index_select(0, index), state)
+        return reorder_rows(state, index)
 
     def _decode(self, tokens: Tensor, state: State | None) -> tuple[Tensor, State | None]:
         raise NotImplementedError
@@ -216,19 +221,15 @@ class TransformerLM(_LanguageModel):
             self.output.weight = self.embed.weight
 
     def _init_state(self, batch_size: int) -> State:
-        c = self.config
-        empty = self.output.weight.new_zeros(batch_size, c.n_heads, 0, c.d_model // c.n_heads)
-        return {f"{kv}{i}": empty for i in range(c.n_layers) for kv in "kv"}
+        c, like = self.config, self.output.weight
+        h = c.n_heads
+        return {"self": [KVCache.empty(like, batch_size, h, c.d_model // h) for _ in self.layers]}
 
     def _decode(self, tokens: Tensor, state: State | None) -> tuple[Tensor, State | None]:
-        caches = [None] * len(self.layers)
-        if state is not None:
-            caches = [(state[f"k{i}"], state[f"v{i}"]) for i in range(len(self.layers))]
+        caches = [None] * len(self.layers) if state is None else state["self"]
         x, caches = self._run(tokens, caches)
         logits = self.output(x)
-        if state is None:
-            return logits, None
-        return logits, {f"{kv}{i}": c[j] for i, c in enumerate(caches) for j, kv in enumerate("kv")}
+        return logits, (None if state is None else {"self": caches})
 
     def _hidden(self, tokens: Tensor) -> Tensor:
         return self._run(tokens, [None] * len(self.layers))[0]
@@ -236,7 +237,7 @@ class TransformerLM(_LanguageModel):
     def _run(self, tokens: Tensor, caches: list) -> tuple[Tensor, list]:
         """Normalized top-layer outputs (B, T, D) for `tokens` (B, T) after the cached past."""
         c = self.config
-        offset = caches[0][0].shape[2] if caches and caches[0] is not None else 0
+        offset = caches[0].length if caches and caches[0] is not None else 0
         t = tokens.shape[1]
         if offset + t > c.max_positions:
             raise ValueError(
@@ -261,18 +262,21 @@ def _causal_mask(t_new: int, t_total: int, device: torch.device) -> Tensor:
 
 def _cached_layer(
     layer: EncoderLayer, x: Tensor, cache: KVCache | None, mask: Tensor | None
-) -> tuple[Tensor, KVCache]:
-    """`layer` on new positions `x` (B, T, D) after the `cache`d past; None `mask`: a fresh
-    sequence (or an empty cache), causally masked."""
+) -> tuple[Tensor, KVCache | None]:
+    """`layer` on new positions `x` (B, T, D) after the `cache`d past (written in place); None
+    `mask`: a fresh sequence (or an empty cache), causally masked."""
     new_cache = cache
 
     def attention(h: Tensor) -> Tensor:
         nonlocal new_cache
         k, v = layer.attn.project_kv(h)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        new_cache = (k, v)
-        return layer.attn.attend(h, (k, v), mask, is_causal=mask is None)
+        if cache is None:
+            return layer.attn.attend(h, (k, v), mask, is_causal=True)
+        new_cache = cache.append(k, v)
+        if h.shape[1] == 1:  # one step: the past and itself
+            return layer.attn.attend_one(h, new_cache.keys, new_cache.values)
+        kv = (new_cache.keys, new_cache.values)
+        return layer.attn.attend(h, kv, mask, is_causal=mask is None)
 
     x = layer.attn_block(x, attention)
     return layer.ff_block(x, layer.ff), new_cache

@@ -13,11 +13,85 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import register_pytree_node, tree_map
 
 from seqkit.models.source import check_source_sizes, source_mask
 from seqkit.tokens import PAD
 
-KVCache = tuple[Tensor, Tensor]  # (B, H, T, Dh) keys and values
+KV = tuple[Tensor, Tensor]  # (B, H, T, Dh) keys and values
+
+
+class KVCache:
+    """Self-attention keys and values of the positions decoded so far: buffers (B, H, capacity,
+    Dh) filled up to `length`. A step writes its position in place, and the buffers double when
+    full, so decoding T tokens copies O(T) positions rather than the O(T²) of concatenating the
+    past at every step (as fairseq's and CTranslate2's caches do).
+
+    A decoding state is consumed by the step that reads it: decode from the state it returns
+    (`reorder_state` gives new buffers, so every beam hypothesis keeps its own past). Being
+    written in place, a cache serves inference: no gradient flows through it to earlier steps.
+    """
+
+    __slots__ = ("k", "length", "v")
+
+    def __init__(self, k: Tensor, v: Tensor, length: int) -> None:
+        self.k, self.v, self.length = k, v, length
+
+    @classmethod
+    def empty(cls, like: Tensor, batch: int, heads: int, head_dim: int, capacity: int = 16):
+        """An empty cache of `like`'s dtype and device."""
+        k = like.new_empty(batch, heads, capacity, head_dim)
+        return cls(k, torch.empty_like(k), 0)
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        """The cache with new positions' keys and values (B, H, T, Dh) after the past."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:  # full: move to buffers twice as large (amortized O(1))
+            room = max(end, 2 * self.k.shape[2])
+            grown = [x.new_empty(*x.shape[:2], room, x.shape[3]) for x in (self.k, self.v)]
+            for new, old in zip(grown, (self.k, self.v), strict=True):
+                new[:, :, : self.length] = old[:, :, : self.length]
+            self.k, self.v = grown
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        return KVCache(self.k, self.v, end)
+
+    @property
+    def keys(self) -> Tensor:
+        return self.k[:, :, : self.length]  # (B, H, length, Dh), a view
+
+    @property
+    def values(self) -> Tensor:
+        return self.v[:, :, : self.length]
+
+    def index_select(self, index: Tensor) -> KVCache:
+        """The cache of batch rows `index` (N,), in new buffers; only the filled part is copied."""
+        if torch.is_grad_enabled():  # `out=` records no gradient: plain copies
+            return KVCache(self.keys.index_select(0, index), self.values.index_select(0, index),
+                           self.length)  # fmt: skip
+        picked = []
+        for x in (self.k, self.v):
+            new = x.new_empty(len(index), *x.shape[1:])
+            torch.index_select(x[:, :, : self.length], 0, index, out=new[:, :, : self.length])
+            picked.append(new)
+        return KVCache(*picked, self.length)
+
+
+register_pytree_node(
+    KVCache,
+    lambda c: ([c.k, c.v], c.length),
+    lambda kv, length: KVCache(*kv, length),
+    serialized_type_name="seqkit.models.transformer.KVCache",
+)
+
+
+def reorder_rows(state, index: Tensor):
+    """Batch rows `index` of every tensor and `KVCache` in a (nested) decoding state."""
+    return tree_map(
+        lambda x: x.index_select(index) if isinstance(x, KVCache) else x.index_select(0, index),
+        state,
+        is_leaf=lambda x: isinstance(x, KVCache),
+    )
 
 
 @dataclass(frozen=True)
@@ -111,12 +185,24 @@ class Attention(nn.Module):
         b, t, d = x.shape
         return x.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)  # (B, H, T, Dh)
 
-    def project_kv(self, x: Tensor) -> KVCache:
+    def project_kv(self, x: Tensor) -> KV:
         k, v = self.kv(x).chunk(2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
+    def attend_one(self, x: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Attention of one query position `x` (B, 1, D) to keys and values (B, H, S, Dh),
+        with an additive `bias` (B, 1, 1, S) of 0 and -inf; no dropout (decoding). Two batched
+        matmuls: for a single query, SDPA's kernels cost more than the arithmetic."""
+        b = x.shape[0]
+        q = self.split_heads(self.q(x)) * k.shape[-1] ** -0.5  # (B, H, 1, Dh)
+        w = torch.matmul(q, k.transpose(-2, -1))  # (B, H, 1, S)
+        if bias is not None:
+            w = w + bias
+        y = torch.matmul(w.softmax(-1), v)  # (B, H, 1, Dh)
+        return self.out(y.transpose(1, 2).reshape(b, 1, -1))  # (B, 1, D)
+
     def attend(
-        self, x: Tensor, kv: KVCache, mask: Tensor | None = None, is_causal: bool = False
+        self, x: Tensor, kv: KV, mask: Tensor | None = None, is_causal: bool = False
     ) -> Tensor:
         q = self.split_heads(self.q(x))
         p = self.dropout if self.training else 0.0
@@ -205,24 +291,35 @@ class DecoderLayer(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, cross_kv: KVCache, src_mask: Tensor, cache: KVCache | None = None
+        self, x: Tensor, cross_kv: KV, src_mask: Tensor, cache: KVCache | None = None
     ) -> tuple[Tensor, KVCache | None]:
-        """With `cache`, `x` holds only new positions that attend to the cached past too."""
-        new_cache = None
+        """Teacher forcing without `cache`: `x` (B, T, D) is the whole target, the future masked,
+        and `src_mask` is (B, 1, 1, S) boolean. With `cache`, `x` holds only new positions that
+        attend to the cached past too, and `src_mask` is the additive (B, 1, 1, S) bias of
+        `Transformer.init_state`."""
+        if cache is None:
+            x = self.self_block(x, lambda h: self.self_attn(h, is_causal=True))
+            x = self.cross_block(x, lambda h: self.cross_attn.attend(h, cross_kv, src_mask))
+            return self.ff_block(x, self.ff), None
+        new_cache = cache
 
         def self_attention(h: Tensor) -> Tensor:
             nonlocal new_cache
-            if cache is None:  # teacher forcing: the whole target at once, future masked
-                return self.self_attn(h, is_causal=True)
-            k, v = self.self_attn.project_kv(h)
-            new_cache = (torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2))
-            # New queries see the whole past; several new positions at once must not see each other.
-            causal = h.shape[1] > 1
-            mask = _causal_mask(h.shape[1], new_cache[0].shape[2], h.device) if causal else None
-            return self.self_attn.attend(h, new_cache, mask)
+            new_cache = cache.append(*self.self_attn.project_kv(h))
+            if h.shape[1] == 1:  # one step of decoding: the past and itself, no mask
+                return self.self_attn.attend_one(h, new_cache.keys, new_cache.values)
+            # Several new positions at once must not see each other's future.
+            t = new_cache.length
+            mask = _causal_mask(h.shape[1], t, h.device)
+            return self.self_attn.attend(h, (new_cache.keys, new_cache.values), mask)
+
+        def cross_attention(h: Tensor) -> Tensor:
+            if h.shape[1] == 1:
+                return self.cross_attn.attend_one(h, *cross_kv, src_mask)
+            return self.cross_attn.attend(h, cross_kv, src_mask)
 
         x = self.self_block(x, self_attention)
-        x = self.cross_block(x, lambda h: self.cross_attn.attend(h, cross_kv, src_mask))
+        x = self.cross_block(x, cross_attention)
         return self.ff_block(x, self.ff), new_cache
 
 
@@ -302,53 +399,55 @@ class Transformer(nn.Module):
             x = layer(x, mask)
         return self.encoder_norm(x)
 
-    def init_state(self, memory: Tensor, src_mask: Tensor) -> dict[str, list[KVCache]]:
-        """Empty self-attention caches and the cross-attention keys/values, computed once."""
+    def init_state(self, memory: Tensor, src_mask: Tensor) -> dict:
+        """The decoding state: empty self-attention caches (`KVCache`), the cross-attention keys
+        and values (B, H, S, Dh) of every layer, computed once, and the source mask as an
+        additive bias (B, 1, 1, S), 0 or -inf."""
         b, _, d = memory.shape
         h = self.config.n_heads
-        empty = memory.new_zeros(b, h, 0, d // h)
+        bias = memory.new_zeros(b, 1, 1, src_mask.shape[1])
         return {
-            "self": [(empty, empty) for _ in self.decoder],
+            "self": [KVCache.empty(memory, b, h, d // h) for _ in self.decoder],
             "cross": [layer.cross_attn.project_kv(memory) for layer in self.decoder],
+            "bias": bias.masked_fill(~src_mask[:, None, None, :], float("-inf")),
         }
 
     def decode(
-        self,
-        tgt: Tensor,
-        memory: Tensor,
-        src_mask: Tensor,
-        state: dict[str, list[KVCache]] | None = None,
-    ) -> tuple[Tensor, dict[str, list[KVCache]] | None]:
+        self, tgt: Tensor, memory: Tensor, src_mask: Tensor, state: dict | None = None
+    ) -> tuple[Tensor, dict | None]:
         """Logits (B, T, V) for target tokens (B, T).
 
         Without `state`, `tgt` is the whole target prefix (teacher forcing). With `state`
-        from `init_state` or an earlier call, `tgt` holds only the next tokens.
+        from `init_state` or an earlier call, `tgt` holds only the next tokens; the state is
+        consumed (its caches are written in place): go on from the one returned.
         """
-        mask = src_mask[:, None, None, :]
         if state is None:
+            mask = src_mask[:, None, None, :]
             cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]
             caches: list[KVCache | None] = [None] * len(self.decoder)
             offset = 0
         else:
-            cross, caches = state["cross"], state["self"]
-            offset = caches[0][0].shape[2] if caches else 0
+            cross, caches, mask = state["cross"], state["self"], state["bias"]
+            offset = caches[0].length if caches else 0
         x = self.embed(tgt, self.tgt_embed, offset)
         new_caches = []
         for layer, kv, cache in zip(self.decoder, cross, caches, strict=True):
             x, cache = layer(x, kv, mask, cache)
             new_caches.append(cache)
         logits = self.output(self.decoder_norm(x))
-        return logits, (None if state is None else {"self": new_caches, "cross": cross})
+        if state is None:
+            return logits, None
+        return logits, {"self": new_caches, "cross": cross, "bias": mask}
 
     @staticmethod
-    def reorder_state(state: dict[str, list[KVCache]], index: Tensor) -> dict[str, list[KVCache]]:
+    def reorder_state(state: dict, index: Tensor) -> dict:
         """Pick rows of the self-attention caches (beam search).
 
         `index` must map each row to a row of the same source sentence: the cross-attention
-        keys/values are equal across those rows and are left as they are.
+        keys/values and the source bias are equal across those rows and are left as they are.
         """
-        caches = [(k.index_select(0, index), v.index_select(0, index)) for k, v in state["self"]]
-        return {"self": caches, "cross": state["cross"]}
+        caches = [cache.index_select(index) for cache in state["self"]]
+        return {**state, "self": caches}
 
     def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Teacher-forced logits (B, T, V) for source (B, S) or (B, S, P) and shifted target
