@@ -34,9 +34,15 @@ Using trained models:
   serve      an HTTP API: seqkit serve --model DIR [--host 127.0.0.1] [--port 8000]
   predict    label or read image files: seqkit predict --model DIR a.png b.png
   export     write a checkpoint as a model directory: seqkit export CKPT DIR
+             (or for CTranslate2 / ONNX Runtime: seqkit export --format ctranslate2 SRC DIR)
   average    average checkpoints: seqkit average --last 5 RUN_DIR/checkpoints --out DIR
   diagnose   look inside: seqkit diagnose attention --model DIR --text "forty-two" --out DIR
 """
+ENGINES = ("seqkit", "ctranslate2", "onnxruntime")
+EXPORT_FORMATS = ("safetensors", "ctranslate2", "onnx")
+# CTranslate2's weight types (`ctranslate2.converters.Converter.convert(quantization=...)`).
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+                 "bfloat16")  # fmt: skip
 # DecodingConfig field -> the flag that sets it, so that an error names what the user typed.
 FLAGS = {"beam_size": "--beam", "n_best": "--nbest", "alpha": "--alpha",
          "min_len": "--min-len", "max_len": "--max-len"}  # fmt: skip
@@ -55,17 +61,27 @@ def _decoding_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--compute-type",
+        help="inference precision: float32 (default), bfloat16, or int8 (dynamic quantization, "
+        "CPU); with --engine ctranslate2 any CTranslate2 compute type (default: the export's)",
+    )
 
 
 def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Translator:
     """The model `--model` names, on `--device`, with the decoding flags applied (validated:
     a bad value exits with status 2 and one line naming the flag)."""
     from seqkit.decoding import DecodingError
+    from seqkit.precision import COMPUTE_TYPES
     from seqkit.translator import Translator
 
     if args.max_tokens < 1:
         _usage_error(parser, "--max-tokens", f"must be at least 1, got {args.max_tokens}")
-    translator = Translator.from_pretrained(args.model, device=args.device)
+    compute_type = args.compute_type or "float32"
+    if compute_type not in COMPUTE_TYPES:
+        _usage_error(parser, "--compute-type", f"choose one of {', '.join(COMPUTE_TYPES)}, "
+                     f"got {compute_type!r}")  # fmt: skip
+    translator = Translator.from_pretrained(args.model, args.device, compute_type)
     n_best = args.nbest
     if n_best is None and args.beam is not None:  # a narrower beam keeps what n-best it can
         n_best = min(translator.decoding.n_best, max(args.beam, 1))
@@ -195,11 +211,21 @@ def translate_main(argv: list[str]) -> None:
         help="continue a stopped run: keep --out's complete outputs, drop a partial last one, "
         "and translate the input from the first line not yet done",
     )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="seqkit",
+        help="seqkit: the model directory in PyTorch; ctranslate2 or onnxruntime: a directory "
+        "written by seqkit export --format ctranslate2 or onnx (text output, best hypothesis)",
+    )
     args = parser.parse_args(argv)
     if args.chunk_size < 1:
         _usage_error(parser, "--chunk-size", f"must be at least 1, got {args.chunk_size}")
     if args.resume and not args.out:
         _usage_error(parser, "--resume", "needs --out, the file to continue")
+    if args.engine != "seqkit":
+        _translate_with_engine(parser, args)
+        return
     translator = _load(parser, args)
     translator.check_text_source()
     lines = _input(args.src)
@@ -229,6 +255,76 @@ def translate_main(argv: list[str]) -> None:
         if out is not sys.stdout:
             out.close()
     report.close(sys.stderr, translator.max_positions)
+
+
+def _engine(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The CTranslate2 or ONNX Runtime translator of `--model` and its decoding settings with
+    the flags applied (a bad value exits with status 2 naming the flag); a missing extra or a
+    directory that is not such an export exits with one line naming it."""
+    from seqkit.decoding import DecodingConfig, DecodingError
+
+    if args.format != "text" or (args.nbest or 1) > 1:
+        _usage_error(parser, "--engine", f"{args.engine} writes text, one best hypothesis a line "
+                     "(drop --format jsonl and --nbest)")  # fmt: skip
+    if args.max_tokens < 1:
+        _usage_error(parser, "--max-tokens", f"must be at least 1, got {args.max_tokens}")
+    try:
+        if args.engine == "ctranslate2":
+            from seqkit.export.ctranslate2 import CTranslate2Translator
+
+            translator = CTranslate2Translator.from_directory(
+                args.model, device=args.device, compute_type=args.compute_type or "default"
+            )
+        else:
+            from seqkit.export.onnx import OnnxTranslator
+
+            if args.device != "cpu":
+                _usage_error(parser, "--device", "the onnxruntime engine runs on the CPU")
+            if args.compute_type not in (None, "float32"):
+                _usage_error(parser, "--compute-type", "the onnxruntime engine runs float32")
+            translator = OnnxTranslator.from_directory(args.model)
+    except ImportError as err:
+        extra = {"ctranslate2": "ctranslate2", "onnxruntime": "onnx"}[args.engine]
+        hint = "" if "seqkit[" in str(err) else f" (pip install 'seqkit[{extra}]')"
+        sys.exit(f"seqkit translate: --engine {args.engine}: {err}{hint}")
+    given = {"beam_size": args.beam, "n_best": 1, "alpha": args.alpha,
+             "min_len": args.min_len, "max_len": args.max_len}  # fmt: skip
+    try:
+        decoding = replace(getattr(translator, "decoding", None) or DecodingConfig(),
+                           **{k: v for k, v in given.items() if v is not None})  # fmt: skip
+    except DecodingError as err:
+        _usage_error(parser, FLAGS[err.field], err.reason)
+    return translator, decoding
+
+
+def _translate_with_engine(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`seqkit translate --engine ctranslate2|onnxruntime`: `--chunk-size` lines at a time,
+    each chunk written in input order (and flushed) as soon as it is done."""
+    from seqkit.translator import one_line
+
+    translator, decoding = _engine(parser, args)
+    lines = _input(args.src)
+    _check_output(parser, args.src, args.out)
+    done = _resume_point(Path(args.out), 1) if args.resume else 0
+    if done:
+        lines = itertools.islice(lines, done, None)
+        print(f"resuming {args.out} after {done:,} lines of input", file=sys.stderr)
+    report = _Report(text_output=True, start=done)
+    out = open(args.out, "a" if args.resume else "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    batch = {"max_tokens": args.max_tokens} if args.engine == "ctranslate2" else {}
+    try:
+        while chunk := list(itertools.islice(lines, args.chunk_size)):
+            hyps = translator.translate(chunk, decoding, **batch)
+            out.write("".join(one_line(h) + "\n" for h in hyps))
+            out.flush()
+            report.n += len(chunk)
+            if sys.stderr.isatty():
+                report.progress(sys.stderr)
+    finally:
+        out.flush()
+        if out is not sys.stdout:
+            out.close()
+    report.close(sys.stderr, None)
 
 
 def _resume_point(path: Path, per_input: int) -> int:
@@ -289,17 +385,62 @@ def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="seqkit export",
         description="Write a training checkpoint as a self-contained model directory "
-        "(config.json, model.safetensors, tokenizer file(s), README.md).",
+        "(config.json, model.safetensors, tokenizer file(s), README.md), or a checkpoint or "
+        "model directory for another inference engine: CTranslate2 (Transformer seq2seq "
+        "models) or ONNX Runtime.",
     )
-    parser.add_argument("checkpoint", help="a .ckpt file written by seqkit fit")
+    parser.add_argument("source", help="a .ckpt file written by seqkit fit, or (for "
+                        "--format ctranslate2 or onnx) a model directory")  # fmt: skip
     parser.add_argument("directory", help="where to write the model")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="safetensors",
+                        help="safetensors: a seqkit model directory (default); ctranslate2: "
+                        "for seqkit translate --engine ctranslate2; onnx: for --engine "
+                        "onnxruntime")  # fmt: skip
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="weight type of a ctranslate2 export (default: float32)")  # fmt: skip
     args = parser.parse_args(argv)
+    source = Path(args.source)
+    if args.quantize and args.format != "ctranslate2":
+        _usage_error(parser, "--quantize", "only with --format ctranslate2")
+    if args.format == "safetensors" and source.is_dir():
+        _usage_error(parser, "source", f"{source} is already a model directory; give a .ckpt "
+                     "file, or --format ctranslate2 or onnx")  # fmt: skip
+    if not source.is_file() and not source.is_dir():
+        sys.exit(f"seqkit export: {source}: no such checkpoint file or model directory")
+    if args.format == "safetensors":
+        out = _checkpoint_to_directory(source, Path(args.directory))
+    elif source.is_dir():
+        out = _export_directory(source, Path(args.directory), args.format, args.quantize)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="seqkit-export-") as temp:
+            model_dir = _checkpoint_to_directory(source, Path(temp) / "model")
+            out = _export_directory(model_dir, Path(args.directory), args.format, args.quantize)
+    print(f"model written to {Path(out).resolve()}")
+
+
+def _checkpoint_to_directory(checkpoint: Path, directory: Path) -> Path:
     from seqkit.lit.cli import load_checkpoint, pretrained
 
-    if not Path(args.checkpoint).is_file():
-        sys.exit(f"seqkit export: {args.checkpoint}: no such checkpoint file")
-    out = pretrained(load_checkpoint(args.checkpoint)).save_pretrained(args.directory)
-    print(f"model written to {out.resolve()}")
+    return pretrained(load_checkpoint(checkpoint)).save_pretrained(directory)
+
+
+def _export_directory(model_dir: Path, out: Path, fmt: str, quantize: str | None) -> Path:
+    """Export the model directory `model_dir` to `fmt` (ctranslate2, onnx) at `out`; a missing
+    extra exits with one line naming it."""
+    try:
+        if fmt == "ctranslate2":
+            from seqkit.export.ctranslate2 import export_ctranslate2
+
+            return export_ctranslate2(model_dir, out, quantization=quantize)
+        from seqkit.export.onnx import export_onnx
+
+        return export_onnx(model_dir, out)
+    except ImportError as err:
+        extra = {"ctranslate2": "ctranslate2", "onnx": "onnx"}[fmt]
+        hint = "" if "seqkit[" in str(err) else f" (pip install 'seqkit[{extra}]')"
+        sys.exit(f"seqkit export: --format {fmt}: {err}{hint}")
 
 
 def predict_main(argv: list[str]) -> None:
