@@ -7,6 +7,8 @@ data (`torch.load(weights_only=True)`, memory-mapped) and never unpickled.
 
     seqkit average --last 5 lightning_logs/version_0/checkpoints --out averaged
     seqkit average a.ckpt b.ckpt c.ckpt --out averaged.ckpt
+
+`AverageCheckpoints` does the same during `seqkit fit`, from weights it keeps in memory.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from seqkit.lit.checkpoint_io import AtomicCheckpointIO
-from seqkit.lit.cli import load_checkpoint, pretrained
 
 RESUME_STATE = ("optimizer_states", "lr_schedulers", "callbacks")
 """Dropped from the average, as Lightning's `save_weights_only` does: it is for evaluation and
@@ -95,7 +98,7 @@ def check_compatible(a_path: Path, a: dict, b_path: Path, b: dict) -> None:
             )
 
 
-def _mean(tensors: Sequence[Tensor]) -> Tensor:
+def mean(tensors: Sequence[Tensor]) -> Tensor:
     """Element-wise mean accumulated in float64, cast back to the dtype; tensors that are not
     floating point (counters, masks) come from the last one."""
     last = tensors[-1]
@@ -129,7 +132,7 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict:
     ordered = [checkpoints[i]["state_dict"] for i in order]
     last = checkpoints[order[-1]]
     averaged = {key: value for key, value in last.items() if key not in RESUME_STATE}
-    averaged["state_dict"] = {key: _mean([sd[key] for sd in ordered]) for key in ordered[-1]}
+    averaged["state_dict"] = {key: mean([sd[key] for sd in ordered]) for key in ordered[-1]}
     sources = [{"path": str(paths[i]), "global_step": checkpoints[i]["global_step"]} for i in order]
     # Provenance travels into config.json (and the model card) through `save_pretrained`.
     averaged["provenance"] = {**last.get("provenance", {}), "averaged_from": sources}
@@ -147,12 +150,10 @@ def last_checkpoints(directory: str | Path, n: int) -> list[Path]:
         raise ValueError(f"cannot average the last {n} checkpoints; give N >= 1")
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: no such directory")
-    if not any(directory.glob("*.ckpt")) and (directory / "checkpoints").is_dir():
+    by_step = _by_step(directory)
+    if not by_step and (directory / "checkpoints").is_dir():
         directory = directory / "checkpoints"  # e.g. lightning_logs/version_0
-    by_step: dict[int, Path] = {}
-    # Descriptive names before last*.ckpt, so that a repeated step keeps the former.
-    for path in sorted(directory.glob("*.ckpt"), key=lambda p: (p.name.startswith("last"), p)):
-        by_step.setdefault(read_checkpoint(path)["global_step"], path)
+        by_step = _by_step(directory)
     if len(by_step) < n:
         steps = ", ".join(map(str, sorted(by_step))) or "none"
         raise ValueError(
@@ -160,6 +161,19 @@ def last_checkpoints(directory: str | Path, n: int) -> list[Path]:
             f"(steps: {steps}) but --last {n} needs {n}; {USAGE_HINT}"
         )
     return [by_step[step] for step in sorted(by_step)[-n:]]
+
+
+def _by_step(directory: Path) -> dict[int, Path]:
+    """`directory`'s checkpoints by global_step, skipping averages (`provenance` lists what
+    they were averaged from, e.g. the run folder's averaged.ckpt): averaging one again would
+    count its steps twice."""
+    by_step: dict[int, Path] = {}
+    # Descriptive names before last*.ckpt, so that a repeated step keeps the former.
+    for path in sorted(directory.glob("*.ckpt"), key=lambda p: (p.name.startswith("last"), p)):
+        checkpoint = read_checkpoint(path)
+        if "averaged_from" not in (checkpoint.get("provenance") or {}):
+            by_step.setdefault(checkpoint["global_step"], path)
+    return by_step
 
 
 def write(checkpoint: dict, out: str | Path) -> str:
@@ -171,11 +185,172 @@ def write(checkpoint: dict, out: str | Path) -> str:
         return f"checkpoint written to {out}\n  export: seqkit export {out} DIR"
     if not checkpoint.get("tokenizers"):
         raise ValueError("the checkpoints hold no tokenizer, so write a .ckpt, not a directory")
+    from seqkit.lit.cli import load_checkpoint, pretrained
+
     # Through a file and `load_checkpoint`: the one safe (weights_only) way to a Seq2Seq.
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         torch.save(checkpoint, Path(tmp) / "averaged.ckpt")
         pretrained(load_checkpoint(Path(tmp) / "averaged.ckpt")).save_pretrained(out)
     return f"model written to {out}\n  translate: seqkit translate --model {out} < src.txt"
+
+
+def average_into(module: torch.nn.Module, snapshots: Sequence[dict[str, Tensor]]) -> None:
+    """Set `module`'s parameters to the element-wise `mean` of `snapshots` (name -> tensor, as
+    `named_parameters` names them); its buffers keep their values. Raises ValueError naming
+    the first parameter that a snapshot lacks, adds or holds in another shape."""
+    params = dict(module.named_parameters())
+    for i, snapshot in enumerate(snapshots):
+        for name in sorted(params.keys() ^ snapshot.keys()):
+            where = "the model" if name in params else f"weight copy {i}"
+            raise ValueError(
+                f"parameter {name!r} is only in {where}: the copies are of another model"
+            )
+        for name, param in params.items():
+            if snapshot[name].shape != param.shape:
+                raise ValueError(
+                    f"parameter {name!r} is {tuple(param.shape)} in the model but "
+                    f"{tuple(snapshot[name].shape)} in weight copy {i}"
+                )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(mean([snapshot[name] for snapshot in snapshots]))
+
+
+class AverageCheckpoints(L.Callback):
+    """Averages the weights of the last steps into the model when fitting ends.
+
+    `seqkit average --last N` (fairseq's `average_checkpoints.py`) done from copies kept in
+    memory, so that no checkpoint files need to be kept for it.
+
+    Every `every_n_train_steps` optimizer steps it copies the parameters to CPU memory and
+    keeps the newest `last` copies. When fitting ends (max_steps, max_epochs, max_time, early
+    stopping; not an interrupt or an error) the final weights join them unless they are the
+    newest already, so that the steps after the last copy count, and the model's parameters
+    become their element-wise mean (`mean`); buffers keep their final values. The averaged
+    weights are written to `filename` in the run directory, beside `checkpoints/`, and
+    `provenance["averaged_from"]` lists their steps (into the exported config.json).
+
+    The rule for `seqkit fit`: with this callback the averaged weights are the run's model.
+    It validates them (logged as `averaged/val/...` at the final step, printed beside the best
+    checkpoint's score), tests them and exports them, instead of the best checkpoint, which
+    stays on disk (`seqkit export BEST.ckpt DIR`).
+
+    Costs: `last` copies of the parameters in CPU memory per process, and in every checkpoint
+    as this callback's state, so that a run resumed with `--ckpt_path` averages the same
+    copies. Under DDP each rank keeps identical copies and ends with identical weights; rank
+    0 writes the file. Sharded strategies (FSDP, DeepSpeed) are refused.
+    """
+
+    def __init__(
+        self, last: int = 5, every_n_train_steps: int = 100, filename: str = "averaged.ckpt"
+    ) -> None:
+        """
+        Args:
+            last: How many weight copies to average, the newest; the final weights are one.
+                Vaswani et al. (2017) averaged 5 checkpoints (base) or 20 (big).
+            every_n_train_steps: Optimizer steps between copies: the average spans the last
+                `last` x `every_n_train_steps` steps of training.
+            filename: The averaged checkpoint's file name, in the run directory (where
+                `checkpoints/` and `model/` are); "" writes none.
+        """
+        if last < 1:
+            raise ValueError(f"AverageCheckpoints: last must be at least 1, got {last}")
+        if every_n_train_steps < 1:
+            raise ValueError(
+                f"AverageCheckpoints: every_n_train_steps must be at least 1, got "
+                f"{every_n_train_steps}"
+            )
+        self.last, self.every_n_train_steps, self.filename = last, every_n_train_steps, filename
+        self.snapshots: list[tuple[int, dict[str, Tensor]]] = []  # (global step, parameters)
+        self.averaged_from: list[int] = []  # the steps averaged, once fitting has ended
+        self.path: Path | None = None  # the averaged checkpoint, once written
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        if stage == "fit" and isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
+            raise ValueError(
+                f"AverageCheckpoints: {type(trainer.strategy).__name__} shards the weights "
+                "over the ranks; averaging needs whole copies (use strategy=ddp)"
+            )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.averaged_from, self.path = [], None
+        getattr(pl_module, "provenance", {}).pop("averaged_from", None)  # trained on again
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # accumulating gradients, several batches end one step
+        if step and step % self.every_n_train_steps == 0 and not self._has(step):
+            self._take(step, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if not step:
+            return
+        if not self._has(step):
+            self._take(step, pl_module)
+        self.averaged_from = [s for s, _ in self.snapshots]
+        if len(self.snapshots) < self.last:
+            rank_zero_warn(
+                f"AverageCheckpoints: training ended at step {step} with {len(self.snapshots)} "
+                f"weight copies (steps {self.averaged_from}), fewer than last={self.last}"
+            )
+        average_into(pl_module, [weights for _, weights in self.snapshots])
+        if hasattr(pl_module, "provenance"):
+            pl_module.provenance["averaged_from"] = [{"global_step": s} for s in self.averaged_from]
+        written = ""
+        if self.filename:
+            from seqkit.lit.cli import run_directory
+
+            path = Path(trainer.strategy.broadcast(str(run_directory(trainer) / self.filename)))
+            trainer.save_checkpoint(path, weights_only=True)  # rank 0, the run's checkpoint IO
+            self.path, written = path, f", written to {path}"
+        rank_zero_info(f"averaged the weights of steps {self.averaged_from}{written}")
+
+    def _has(self, step: int) -> bool:
+        return bool(self.snapshots) and self.snapshots[-1][0] == step
+
+    def _take(self, step: int, pl_module: L.LightningModule) -> None:
+        weights = {
+            name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters()
+        }
+        self.snapshots = [*self.snapshots, (step, weights)][-self.last :]
+
+    def state_dict(self) -> dict:
+        return {"snapshots": [{"global_step": s, "weights": w} for s, w in self.snapshots]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        snapshots = state_dict.get("snapshots", [])
+        self.snapshots = [(int(s["global_step"]), s["weights"]) for s in snapshots][-self.last :]
+
+    def validate(
+        self,
+        trainer: L.Trainer,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule | None = None,
+    ) -> dict[str, float]:
+        """Validate the averaged weights `model` holds after fitting; returns and logs the
+        metrics as `averaged/val/...` at the final step (a second `val/...` point there would
+        read as the trained weights' curve), and prints them beside the best checkpoint's."""
+        loggers, trainer.loggers = trainer.loggers, []
+        try:
+            results = trainer.validate(model, datamodule=datamodule, verbose=False)
+        finally:
+            trainer.loggers = loggers
+        metrics = {f"averaged/{k}": float(v) for k, v in (results[0] if results else {}).items()}
+        for logger in loggers if metrics else []:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+        callback = trainer.checkpoint_callback
+        monitor = getattr(callback, "monitor", None)
+        shown = (
+            {monitor: metrics[f"averaged/{monitor}"]} if f"averaged/{monitor}" in metrics else {}
+        )
+        text = ", ".join(f"{k} {v:.4g}" for k, v in (shown or metrics).items())
+        if shown and callback.best_model_score is not None:
+            text += f" (best checkpoint: {float(callback.best_model_score):.4g})"
+        rank_zero_info(f"averaged weights of steps {self.averaged_from}: {text or 'no val split'}")
+        return metrics
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Callbacks that make training measurable and let a person see what the model does."""
+"""Callbacks that make training measurable and let a person see what the model does; and
+`AverageCheckpoints` (defined with the rest of checkpoint averaging, in `seqkit.average`)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from seqkit.average import AverageCheckpoints
 from seqkit.data.batching import pad
 from seqkit.tokens import BOS, EOS, PAD, token_labels
+
+__all__ = ["AttentionMaps", "AverageCheckpoints", "TokensPerSecond", "TranslationSamples"]
 
 
 class TokensPerSecond(L.Callback):

@@ -109,9 +109,11 @@ def test_translate_and_evaluate_match_the_python_api(fitted):
 
 
 def test_export_gives_the_same_model(fitted, tmp_path):
+    """The recipe averages its last weights (AverageCheckpoints): fit exports those, which
+    `averaged.ckpt` holds too."""
     from seqkit import Translator
 
-    checkpoint = next((fitted / "lightning_logs/version_0/checkpoints").glob("epoch=*.ckpt"))
+    checkpoint = fitted / "lightning_logs/version_0/averaged.ckpt"
     main(["export", str(checkpoint), str(tmp_path / "exported")])
     texts = ["seven hundred", "eleven"]
     exported = Translator.from_pretrained(tmp_path / "exported").translate(texts)
@@ -149,7 +151,7 @@ def test_test_and_predict_from_a_checkpoint(fitted, tmp_path, monkeypatch):
     from seqkit import Translator
     from seqkit.data.sources import read_lines
 
-    best = next((fitted / "lightning_logs/version_0/checkpoints").glob("epoch=*.ckpt"))
+    best = fitted / "lightning_logs/version_0/averaged.ckpt"  # the exported model's weights
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["test", *corpus_args(fitted), f"--ckpt_path={best}"])
     assert 0 <= float(cli.trainer.callback_metrics["test/chrf"]) <= 100

@@ -39,7 +39,8 @@ class SaveConfig(SaveConfigCallback):
 
 
 class SeqkitCLI(LightningCLI):
-    """LightningCLI whose `fit` ends by testing the best checkpoint and exporting it, whose
+    """LightningCLI whose `fit` ends by testing the best checkpoint (or the averaged weights,
+    with `seqkit.callbacks.AverageCheckpoints`) and exporting it, whose
     `predict` writes the translations in the data's order, and whose `--wandb PROJECT` logs
     the run to Weights & Biases with sample translations and attention maps."""
 
@@ -125,11 +126,19 @@ class SeqkitCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
+        """Test the run's model and export it: the best checkpoint, or with AverageCheckpoints
+        the averaged weights the model holds (validated first, to compare with the best)."""
+        from seqkit.average import AverageCheckpoints
+
         trainer = self.trainer
         if trainer.interrupted or not isinstance(self.model, Seq2Seq | Classifier | LanguageModel):
             return
         callback = trainer.checkpoint_callback
         best = callback.best_model_path if callback else ""
+        averaging = [c for c in trainer.callbacks if isinstance(c, AverageCheckpoints)]
+        if averaging and averaging[0].averaged_from:
+            averaging[0].validate(trainer, self.model, self.datamodule)
+            best = ""  # the model holds the averaged weights: test those, not a reloaded best
         metrics = {}
         splits = getattr(self.datamodule, "splits", None)  # image data always has a test split
         if splits is None or "test" in splits:
