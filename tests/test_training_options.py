@@ -2,6 +2,7 @@
 accumulation, early stopping on validation BLEU."""
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
@@ -54,3 +55,21 @@ def test_early_stopping_on_validation_bleu(tmp_path):
     _, trainer = run(tmp_path, max_epochs=20, limit_train_batches=2, callbacks=[stop])
     assert stop.stopped_epoch > 0
     assert trainer.current_epoch < 20
+
+
+def test_bf16_warns_only_on_a_cpu_without_bf16_kernels(monkeypatch):
+    import warnings
+
+    from seqkit.lit import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="32-true"):
+        precision.warn_if_slow_bf16("bf16-mixed", torch.device("cpu"))
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precision.warn_if_slow_bf16("bf16-mixed", torch.device("cpu"))
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precision.warn_if_slow_bf16("32-true", torch.device("cpu"))

@@ -22,6 +22,7 @@ from seqkit.lit.optim import (
     configure_adamw,
     rescale_learning_rate,
 )
+from seqkit.lit.precision import warn_if_slow_bf16
 from seqkit.models import (
     ImageModelConfig,
     ReaderConfig,
@@ -145,6 +146,7 @@ class Classifier(L.LightningModule):
         self._build_net()
 
     def on_fit_start(self) -> None:
+        warn_if_slow_bf16(self.trainer.precision, self.device)
         data = getattr(self.trainer, "datamodule", None)
         if data is not None:
             plain = (str, int, float, bool, type(None))

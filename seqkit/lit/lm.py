@@ -20,6 +20,7 @@ from seqkit.generator import TextGenerator
 from seqkit.lit.loss import label_smoothed_nll
 from seqkit.lit.nonfinite import NonFiniteGuard
 from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw, rescale_learning_rate
+from seqkit.lit.precision import warn_if_slow_bf16
 from seqkit.models import (
     LMConfig,
     RNNLMConfig,
@@ -146,6 +147,7 @@ class LanguageModel(L.LightningModule):
             self.net = build_model(self.config)
 
     def on_fit_start(self) -> None:
+        warn_if_slow_bf16(self.trainer.precision, self.device)
         data = getattr(self.trainer, "datamodule", None)
         if data is not None:
             self.provenance["data"] = data_provenance(data.hparams, type(data).__name__)

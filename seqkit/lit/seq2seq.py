@@ -26,6 +26,7 @@ from seqkit.lit.optim import (
     configure_adamw,
     rescale_learning_rate,
 )
+from seqkit.lit.precision import warn_if_slow_bf16
 from seqkit.metrics import translation_scores
 from seqkit.models import (
     ModelConfig,
@@ -178,6 +179,7 @@ class Seq2Seq(L.LightningModule):
             check_source_sizes(self.config)  # raises: fitting needs the sizes
 
     def on_fit_start(self) -> None:
+        warn_if_slow_bf16(self.trainer.precision, self.device)
         data = getattr(self.trainer, "datamodule", None)
         if data is not None:
             self.provenance["data"] = data_provenance(data.hparams, type(data).__name__)
