@@ -10,6 +10,8 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -237,9 +239,7 @@ def translate_main(argv: list[str]) -> None:
         lines = itertools.islice(lines, done, None)
         print(f"resuming {args.out} after {done:,} lines of input", file=sys.stderr)
     report = _Report(text_output=args.format == "text", start=done)
-    mode = "a" if args.resume else "w"
-    out = open(args.out, mode, encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    try:
+    with _output(args.out, args.resume) as out:
         stream = translator.translate_stream(
             lines, max_tokens=args.max_tokens, chunk_size=args.chunk_size
         )
@@ -250,11 +250,20 @@ def translate_main(argv: list[str]) -> None:
                 out.flush()
                 if sys.stderr.isatty():
                     report.progress(sys.stderr)
+    report.close(sys.stderr, translator.max_positions)
+
+
+@contextmanager
+def _output(path: str | None, append: bool) -> Iterator[TextIO]:
+    """`path` opened for writing (appending with `append`), or stdout; flushed, and closed
+    if a file, however the block ends."""
+    out = open(path, "a" if append else "w", encoding="utf-8") if path else sys.stdout  # noqa: SIM115
+    try:
+        yield out
     finally:
         out.flush()
         if out is not sys.stdout:
             out.close()
-    report.close(sys.stderr, translator.max_positions)
 
 
 def _engine(parser: argparse.ArgumentParser, args: argparse.Namespace):
@@ -310,9 +319,8 @@ def _translate_with_engine(parser: argparse.ArgumentParser, args: argparse.Names
         lines = itertools.islice(lines, done, None)
         print(f"resuming {args.out} after {done:,} lines of input", file=sys.stderr)
     report = _Report(text_output=True, start=done)
-    out = open(args.out, "a" if args.resume else "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     batch = {"max_tokens": args.max_tokens} if args.engine == "ctranslate2" else {}
-    try:
+    with _output(args.out, args.resume) as out:
         while chunk := list(itertools.islice(lines, args.chunk_size)):
             hyps = translator.translate(chunk, decoding, **batch)
             out.write("".join(one_line(h) + "\n" for h in hyps))
@@ -320,10 +328,6 @@ def _translate_with_engine(parser: argparse.ArgumentParser, args: argparse.Names
             report.n += len(chunk)
             if sys.stderr.isatty():
                 report.progress(sys.stderr)
-    finally:
-        out.flush()
-        if out is not sys.stdout:
-            out.close()
     report.close(sys.stderr, None)
 
 
