@@ -134,8 +134,7 @@ def next_token_logprobs(logits: Tensor, never: tuple[int, ...]) -> Tensor:
     """Log-probabilities (B, V) of the next token; tokens in `never` (padding, BOS, and EOS
     before `min_len`) get -inf."""
     logp = logits[:, -1].float().log_softmax(-1)
-    logp[:, list(never)] = float("-inf")
-    return logp
+    return logp.index_fill_(1, torch.tensor(never, device=logp.device), float("-inf"))
 
 
 def _limits(max_len: int | Tensor | None, src_mask: Tensor) -> Tensor:
@@ -204,7 +203,7 @@ rows are (N,) and the step."""
 
 
 def _most_likely(logp: Tensor, rows: Tensor, t: int) -> Tensor:
-    return logp.max(-1).indices
+    return logp.argmax(-1)
 
 
 @torch.inference_mode()

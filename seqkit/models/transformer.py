@@ -408,7 +408,11 @@ class Transformer(nn.Module):
         bias = memory.new_zeros(b, 1, 1, src_mask.shape[1])
         return {
             "self": [KVCache.empty(memory, b, h, d // h) for _ in self.decoder],
-            "cross": [layer.cross_attn.project_kv(memory) for layer in self.decoder],
+            # Contiguous once here, so that no step copies them for its matmuls.
+            "cross": [
+                tuple(x.contiguous() for x in layer.cross_attn.project_kv(memory))
+                for layer in self.decoder
+            ],
             "bias": bias.masked_fill(~src_mask[:, None, None, :], float("-inf")),
         }
 
