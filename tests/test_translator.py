@@ -228,7 +228,7 @@ def test_line_breaks_inside_a_hypothesis_never_break_line_alignment(
     assert one_line("a\nb\r\u2028c") == "a b  c"
     src = tmp_path / "src.txt"
     src.write_text("one\n\nthree\n")
-    load = classmethod(lambda cls, directory, device="cpu": translator)
+    load = classmethod(lambda cls, directory, device="cpu", compute_type="float32": translator)
     monkeypatch.setattr(Translator, "from_pretrained", load)
     main(["translate", "--model", "scripted", "--src", str(src), "--beam", "1"])
     captured = capsys.readouterr()
