@@ -17,18 +17,24 @@ _WHERE = {
     "DecodingConfig": "seqkit.decoding",
     "DigitStripData": "seqkit.data.strips",
     "ImageData": "seqkit.data.patches",
+    "ImageGenerator": "seqkit.image_generator",
     "ImageSource": "seqkit.models.patches",
     "Labeler": "seqkit.labeler",
     "LanguageModel": "seqkit.lit.lm",
     "LanguageModelData": "seqkit.data.lm",
+    "LoraConfig": "seqkit.lora",
+    "MultilingualTranslationData": "seqkit.data.multilingual",
     "NumberWordsData": "seqkit.data.numbers",
     "OptimizerConfig": "seqkit.lit.optim",
+    "PatchCodebook": "seqkit.codebook",
     "RNNConfig": "seqkit.models.rnn",
     "RNNLMConfig": "seqkit.models.lm",
     "ReaderConfig": "seqkit.models.vit",
     "SamplingConfig": "seqkit.sampling",
     "Seq2Seq": "seqkit.lit.seq2seq",
     "TextGenerator": "seqkit.generator",
+    "TextToImage": "seqkit.lit.text2image",
+    "TextToImageData": "seqkit.data.text2image",
     "TransformerConfig": "seqkit.models.transformer",
     "TransformerLMConfig": "seqkit.models.lm",
     "TranslationData": "seqkit.data.translation",
@@ -40,18 +46,24 @@ __all__ = [
     "DecodingConfig",
     "DigitStripData",
     "ImageData",
+    "ImageGenerator",
     "ImageSource",
     "Labeler",
     "LanguageModel",
     "LanguageModelData",
+    "LoraConfig",
+    "MultilingualTranslationData",
     "NumberWordsData",
     "OptimizerConfig",
+    "PatchCodebook",
     "RNNConfig",
     "RNNLMConfig",
     "ReaderConfig",
     "SamplingConfig",
     "Seq2Seq",
     "TextGenerator",
+    "TextToImage",
+    "TextToImageData",
     "TransformerConfig",
     "TransformerLMConfig",
     "TranslationData",
@@ -60,18 +72,24 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from seqkit.codebook import PatchCodebook
     from seqkit.data.lm import LanguageModelData
+    from seqkit.data.multilingual import MultilingualTranslationData
     from seqkit.data.numbers import NumberWordsData
     from seqkit.data.patches import ImageData
     from seqkit.data.strips import DigitStripData
+    from seqkit.data.text2image import TextToImageData
     from seqkit.data.translation import TranslationData
     from seqkit.decoding import DecodingConfig
     from seqkit.generator import TextGenerator
+    from seqkit.image_generator import ImageGenerator
     from seqkit.labeler import Labeler
     from seqkit.lit.classifier import Classifier
     from seqkit.lit.lm import LanguageModel
     from seqkit.lit.optim import OptimizerConfig
     from seqkit.lit.seq2seq import Seq2Seq
+    from seqkit.lit.text2image import TextToImage
+    from seqkit.lora import LoraConfig
     from seqkit.models import ReaderConfig, RNNConfig, TransformerConfig, ViTConfig
     from seqkit.models.lm import RNNLMConfig, TransformerLMConfig
     from seqkit.models.patches import ImageSource

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from seqkit.tokens import SPECIAL_TOKENS
+
 METRICS = {
     "bleu": "sacreBLEU",
     "chrf": "chrF",
@@ -39,6 +41,15 @@ USES = {  # pipeline tag: how to use the model
         "",
         "`seqkit translate --model THIS_DIRECTORY < source.txt > translations.txt`, or",
         "`seqkit serve --model THIS_DIRECTORY` for an HTTP API.",
+    ],
+    "text-to-image": [
+        "```python",
+        "from seqkit import ImageGenerator, SamplingConfig",
+        'generator = ImageGenerator.from_pretrained("THIS_DIRECTORY")',
+        'images = generator.generate(["seven"], SamplingConfig(num_samples=4, seed=1))',
+        "```",
+        "",
+        "`seqkit generate --model THIS_DIRECTORY --prompt seven --num-samples 16 --out grid.png`",
     ],
     "image-to-text": [
         "```python",
@@ -75,7 +86,8 @@ def data_name(path: str | None) -> str | None:
 
 def data_provenance(hparams, name: str) -> dict[str, Any]:
     """What a model card says about a translation data module (its class `name`)."""
-    keys = ("path", "src_lang", "tgt_lang", "splits", "vocab_size", "joint_vocab")
+    keys = ("path", "src_lang", "tgt_lang", "tgt_langs", "splits", "vocab_size", "joint_vocab",
+            "extend_vocab", "mix_with", "mix_ratio")  # fmt: skip
     return {"class": name, **{k: hparams[k] for k in keys if k in hparams}}
 
 
@@ -97,8 +109,14 @@ def public_data(data: dict[str, Any]) -> dict[str, Any]:
             for k, v in data.items()}  # fmt: skip
 
 
-def _describe(config: dict[str, Any], image_source: dict | None) -> tuple[str, str, str]:
-    """The model's name, its pipeline tag, and what it reads and writes."""
+def _describe(
+    config: dict[str, Any], image_source: dict | None, kind: str = ""
+) -> tuple[str, str, str]:
+    """The model's name, its pipeline tag, and what it reads and writes (`kind`: its
+    config.json `model_type`)."""
+    if kind == "transformer-text2image":
+        codes = config["tgt_vocab_size"] - len(SPECIAL_TOKENS)
+        return "Transformer", "text-to-image", f"prompts → images as tokens of {codes} patch codes"
     if "num_classes" in config:  # an image classifier
         family = "ViT" if "d_model" in config else f"{config['cell'].upper()} image reader"
         h, w = config["image_size"]
@@ -124,7 +142,11 @@ def _describe(config: dict[str, Any], image_source: dict | None) -> tuple[str, s
 
 
 def model_card(
-    config: dict[str, Any], net: nn.Module, meta: dict[str, Any], image_source: dict | None = None
+    config: dict[str, Any],
+    net: nn.Module,
+    meta: dict[str, Any],
+    image_source: dict | None = None,
+    kind: str = "",
 ):
     """A `huggingface_hub.ModelCard`: validated metadata (library, task, languages, datasets,
     tags) and Markdown saying what the model is, what it was trained on, by which recipe,
@@ -132,16 +154,17 @@ def model_card(
     "init_from", "steps", "averaged_from" and "metrics" that training recorded."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    family, task, io = _describe(config, image_source)
+    family, task, io = _describe(config, image_source, kind)
     data = public_data(meta.get("data") or {})
-    src, tgt = data.get("src_lang"), data.get("tgt_lang")
+    src, tgts = data.get("src_lang"), data.get("tgt_langs") or [data.get("tgt_lang")]
+    tgt = ",".join(lang for lang in tgts if lang)  # several with language tags
     pair = f" {src}→{tgt}" if src and tgt else ""
     n_params = sum(p.numel() for p in net.parameters())
     metrics = meta.get("metrics") or {}
     card_data = ModelCardData(
         library_name="seqkit",
         pipeline_tag=task,
-        language=[src, tgt] if src and tgt else None,
+        language=[src, *tgts] if src and tgt else None,
         datasets=[data["path"]] if data.get("path") else None,
         tags=["seqkit", family.split()[0].lower()],
     )
@@ -149,6 +172,10 @@ def model_card(
     lines += [f"- `{key}`: {value}" for key, value in config.items() if "vocab_size" not in key]
     if meta.get("init_from"):
         lines.append(f"- fine-tuned from `{data_name(str(meta['init_from']))}`")
+    if lora := meta.get("lora"):
+        adapter = "; the adapter alone in `adapter/`" if lora.get("adapter") else ""
+        lines.append(f"- LoRA rank {lora['rank']} (alpha {lora['alpha']:g}) merged into the "
+                     f"weights{adapter}")  # fmt: skip
     if meta.get("steps"):
         lines.append(f"- trained for {meta['steps']:,} optimizer steps")
     if averaged := meta.get("averaged_from"):

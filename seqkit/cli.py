@@ -39,6 +39,8 @@ Using trained models:
              (or for CTranslate2 / ONNX Runtime: seqkit export --format ctranslate2 SRC DIR)
   average    average checkpoints: seqkit average --last 5 RUN_DIR/checkpoints --out DIR
   diagnose   look inside: seqkit diagnose attention --model DIR --text "forty-two" --out DIR
+  inspect-data  tokens per word of new data with a model's tokenizer, before fine-tuning:
+             seqkit inspect-data --model DIR --data PATH --src-lang en --tgt-lang fr
 """
 ENGINES = ("seqkit", "ctranslate2", "onnxruntime")
 EXPORT_FORMATS = ("safetensors", "ctranslate2", "onnx")
@@ -220,16 +222,20 @@ def translate_main(argv: list[str]) -> None:
         help="seqkit: the model directory in PyTorch; ctranslate2 or onnxruntime: a directory "
         "written by seqkit export --format ctranslate2 or onnx (text output, best hypothesis)",
     )
+    _tgt_lang_arg(parser)
     args = parser.parse_args(argv)
     if args.chunk_size < 1:
         _usage_error(parser, "--chunk-size", f"must be at least 1, got {args.chunk_size}")
     if args.resume and not args.out:
         _usage_error(parser, "--resume", "needs --out, the file to continue")
     if args.engine != "seqkit":
+        if args.tgt_lang is not None:
+            _usage_error(parser, "--tgt-lang", "only with --engine seqkit")
         _translate_with_engine(parser, args)
         return
     translator = _load(parser, args)
     translator.check_text_source()
+    _check_tgt_lang(parser, translator, args.tgt_lang)
     lines = _input(args.src)
     _check_output(parser, args.src, args.out)
     decoding = translator.decoding
@@ -241,7 +247,7 @@ def translate_main(argv: list[str]) -> None:
     report = _Report(text_output=args.format == "text", start=done)
     with _output(args.out, args.resume) as out:
         stream = translator.translate_stream(
-            lines, max_tokens=args.max_tokens, chunk_size=args.chunk_size
+            lines, max_tokens=args.max_tokens, chunk_size=args.chunk_size, tgt_lang=args.tgt_lang
         )
         for index, translation in enumerate(stream, start=done):
             _write(out, index, translation, args.format, decoding.n_best)
@@ -349,6 +355,22 @@ def _resume_point(path: Path, per_input: int) -> int:
     return lines // per_input
 
 
+def _tgt_lang_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tgt-lang",
+        help="the language to write, for a multilingual model (one trained with "
+        "MultilingualTranslationData; its languages are listed when this is left out)",
+    )
+
+
+def _check_tgt_lang(parser: argparse.ArgumentParser, translator, tgt_lang: str | None) -> None:
+    """A usage error naming --tgt-lang when the model cannot write `tgt_lang` (or needs one)."""
+    try:
+        translator.tag_id(tgt_lang)
+    except ValueError as err:
+        _usage_error(parser, "--tgt-lang", str(err))
+
+
 def evaluate_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="seqkit evaluate",
@@ -360,6 +382,7 @@ def evaluate_main(argv: list[str]) -> None:
     parser.add_argument("--ref", required=True, help="reference file, .gz allowed")
     parser.add_argument("--out", help="also write the translations here")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _tgt_lang_arg(parser)
     args = parser.parse_args(argv)
     from seqkit.metrics import translation_scores
     from seqkit.translator import one_line
@@ -373,7 +396,8 @@ def evaluate_main(argv: list[str]) -> None:
     if not any(line.strip() for line in sources):
         sys.exit(f"seqkit evaluate: {args.src}: no sentences to score")
     translator = _load(parser, args)
-    hyps = translator.translate(sources, max_tokens=args.max_tokens)
+    _check_tgt_lang(parser, translator, args.tgt_lang)
+    hyps = translator.translate(sources, max_tokens=args.max_tokens, tgt_lang=args.tgt_lang)
     if args.out:
         Path(args.out).write_text("".join(one_line(h) + "\n" for h in hyps), encoding="utf-8")
     scores = translation_scores(hyps, refs)
@@ -391,21 +415,33 @@ def export_main(argv: list[str]) -> None:
         description="Write a training checkpoint as a self-contained model directory "
         "(config.json, model.safetensors, tokenizer file(s), README.md), or a checkpoint or "
         "model directory for another inference engine: CTranslate2 (Transformer seq2seq "
-        "models) or ONNX Runtime.",
+        "models) or ONNX Runtime; or a model directory with a LoRA adapter merged into it "
+        "(--merge-adapter).",
     )
     parser.add_argument("source", help="a .ckpt file written by seqkit fit, or (for "
-                        "--format ctranslate2 or onnx) a model directory")  # fmt: skip
+                        "--format ctranslate2 or onnx, or --merge-adapter) a model "
+                        "directory")  # fmt: skip
     parser.add_argument("directory", help="where to write the model")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="safetensors",
                         help="safetensors: a seqkit model directory (default); ctranslate2: "
                         "for seqkit translate --engine ctranslate2; onnx: for --engine "
                         "onnxruntime")  # fmt: skip
+    parser.add_argument("--merge-adapter", metavar="ADAPTER_DIR",
+                        help="a LoRA adapter directory (adapter_config.json, "
+                        "adapter_model.safetensors) to merge into the model directory SOURCE, "
+                        "its base")  # fmt: skip
     parser.add_argument("--quantize", choices=QUANTIZATIONS,
                         help="weight type of a ctranslate2 export (default: float32)")  # fmt: skip
     args = parser.parse_args(argv)
     source = Path(args.source)
     if args.quantize and args.format != "ctranslate2":
         _usage_error(parser, "--quantize", "only with --format ctranslate2")
+    if args.merge_adapter:
+        if not source.is_dir():
+            _usage_error(parser, "--merge-adapter", f"SOURCE {source} is not a model directory")
+        out = _merge_adapter(source, Path(args.merge_adapter), Path(args.directory), args)
+        print(f"model written to {Path(out).resolve()}")
+        return
     if args.format == "safetensors" and source.is_dir():
         _usage_error(parser, "source", f"{source} is already a model directory; give a .ckpt "
                      "file, or --format ctranslate2 or onnx")  # fmt: skip
@@ -422,6 +458,24 @@ def export_main(argv: list[str]) -> None:
             model_dir = _checkpoint_to_directory(source, Path(temp) / "model")
             out = _export_directory(model_dir, Path(args.directory), args.format, args.quantize)
     print(f"model written to {Path(out).resolve()}")
+
+
+def _merge_adapter(source: Path, adapter: Path, out: Path, args: argparse.Namespace) -> Path:
+    """The model directory `source` with the LoRA `adapter` merged in, written to `out` in
+    `args.format`; an adapter that does not fit exits with one line naming it."""
+    import tempfile
+
+    from seqkit.translator import Translator
+
+    try:
+        translator = Translator.from_pretrained(source, adapter=adapter)
+    except (OSError, ValueError, ImportError) as err:
+        sys.exit(f"seqkit export: --merge-adapter {adapter}: {err}")
+    if args.format == "safetensors":
+        return translator.save_pretrained(out)
+    with tempfile.TemporaryDirectory(prefix="seqkit-export-") as temp:
+        model_dir = translator.save_pretrained(Path(temp) / "model")
+        return _export_directory(model_dir, out, args.format, args.quantize)
 
 
 def _checkpoint_to_directory(checkpoint: Path, directory: Path) -> Path:
@@ -491,6 +545,7 @@ TOOLS = {
     "export": export_main,
     "average": "seqkit.average:main",
     "diagnose": "seqkit.diagnose:main",
+    "inspect-data": "seqkit.inspect_data:main",
 }
 """Command -> its function, or "module:function" for one imported only when it runs."""
 

@@ -64,7 +64,7 @@ def save_directory(
     save_model(net, str(directory / WEIGHTS_FILE))
     if tokenizers is not None:
         tokenizers.save(directory)
-    card = model_card(config_dict, net, provenance, fields.get("image_source"))
+    card = model_card(config_dict, net, provenance, fields.get("image_source"), meta["model_type"])
     card.save(directory / CARD_FILE)
     temp = config_path.with_name(f".{CONFIG_FILE}.tmp")
     temp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

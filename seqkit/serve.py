@@ -19,7 +19,7 @@ module needs neither. Like `Translator`, it never loads Lightning, `datasets` or
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,20 +71,21 @@ class ServeConfig:
 @dataclass
 class _Job:
     texts: list[str]
-    decoding: "DecodingConfig"
+    settings: Hashable  # the decoding settings (and target language) of its texts
     future: asyncio.Future
 
 
 class Batcher:
     """Gathers concurrent requests into few decodes: one worker task takes the first waiting
     request, lets others join for up to `max_wait_s` or until `max_sentences` sentences, then
-    decodes each group with identical `DecodingConfig` in one `decode(texts, decoding)` call,
-    run in a worker thread, and gives each request its own slice, in order. One decode runs
-    at a time (torch already uses every core)."""
+    decodes each group with identical settings (a `DecodingConfig`, or with the target
+    language too) in one `decode(texts, settings)` call, run in a worker thread, and gives
+    each request its own slice, in order. One decode runs at a time (torch already uses
+    every core)."""
 
     def __init__(
         self,
-        decode: Callable[[list[str], "DecodingConfig"], list["Translation"]],
+        decode: Callable[[list[str], Hashable], list["Translation"]],
         *,
         max_sentences: int = 64,
         max_wait_s: float = 0.005,
@@ -96,14 +97,14 @@ class Batcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task | None = None
 
-    async def translate(self, texts: list[str], decoding: "DecodingConfig") -> list["Translation"]:
+    async def translate(self, texts: list[str], settings: Hashable) -> list["Translation"]:
         """The translations of `texts`, decoded with whatever requests arrive meanwhile."""
         if self._worker is None:  # created here: the queue belongs to the running loop
             self._queue = asyncio.Queue()
             self._worker = asyncio.create_task(self._run())
         self.requests += 1
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Job(texts, decoding, future))
+        self._queue.put_nowait(_Job(texts, settings, future))
         return await future
 
     async def close(self) -> None:
@@ -115,12 +116,12 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             jobs = await self._gather()
-            groups: dict[DecodingConfig, list[_Job]] = {}
+            groups: dict[Hashable, list[_Job]] = {}
             for job in jobs:
                 if not job.future.done():  # a client that went away is not decoded for
-                    groups.setdefault(job.decoding, []).append(job)
-            for decoding, group in groups.items():
-                await self._decode(decoding, group)
+                    groups.setdefault(job.settings, []).append(job)
+            for settings, group in groups.items():
+                await self._decode(settings, group)
 
     async def _gather(self) -> list[_Job]:
         jobs = [await self._queue.get()]
@@ -137,12 +138,12 @@ class Batcher:
             size += len(jobs[-1].texts)
         return jobs
 
-    async def _decode(self, decoding: "DecodingConfig", jobs: list[_Job]) -> None:
+    async def _decode(self, settings: Hashable, jobs: list[_Job]) -> None:
         texts = [text for job in jobs for text in job.texts]
         self.decodes += 1
         self.sentences += len(texts)
         try:
-            out = await asyncio.to_thread(self.decode, texts, decoding)
+            out = await asyncio.to_thread(self.decode, texts, settings)
         except Exception as err:  # the requests fail, the server goes on
             for job in jobs:
                 if not job.future.done():
@@ -174,6 +175,7 @@ def _request_model(config: ServeConfig) -> type:
         alpha: StrictFloat | None = Field(None, allow_inf_nan=False)  # takes 1 as 1.0
         min_len: StrictInt | None = Field(None, le=config.max_text_chars)
         max_len: StrictInt | None = Field(None, le=config.max_text_chars)
+        tgt_lang: StrictStr | None = Field(None, max_length=64)  # a multilingual model's
 
     return TranslateRequest
 
@@ -250,8 +252,14 @@ def create_app(
         raise ValueError("this model reads images; seqkit serve translates text")
     kind = model_type(translator.config)
 
-    def decode(texts: list[str], decoding: "DecodingConfig") -> list["Translation"]:
-        return list(translator.translate_stream(texts, decoding, max_tokens=config.max_tokens))
+    def decode(
+        texts: list[str], settings: tuple["DecodingConfig", str | None]
+    ) -> list["Translation"]:
+        decoding, tgt_lang = settings
+        stream = translator.translate_stream(
+            texts, decoding, max_tokens=config.max_tokens, tgt_lang=tgt_lang
+        )
+        return list(stream)
 
     batcher = Batcher(decode, max_sentences=config.max_batch_sentences,
                       max_wait_s=config.max_wait_ms / 1000)  # fmt: skip
@@ -270,13 +278,18 @@ def create_app(
     @app.post("/translate")
     async def translate(body: TranslateRequest):  # no return type: it would be a response_model
         """One entry per text, in order: its best translation, or with n_best > 1 its n-best
-        list `[{"text", "score"}]`, best first."""
+        list `[{"text", "score"}]`, best first. A multilingual model needs `tgt_lang`."""
         asked = {k: v for k in DECODING_FIELDS if (v := getattr(body, k)) is not None}
         try:
             decoding = replace(translator.decoding, **asked)
         except DecodingError as err:
             raise RequestValidationError([_error(err.field, str(err))]) from None
-        out = await batcher.translate(body.texts, decoding) if body.texts else []
+        try:
+            translator.tag_id(body.tgt_lang)
+        except ValueError as err:
+            raise RequestValidationError([_error("tgt_lang", str(err))]) from None
+        settings = (decoding, body.tgt_lang)
+        out = await batcher.translate(body.texts, settings) if body.texts else []
         # JSON escapes line breaks, so texts go out exactly as decoded (no `one_line`): the
         # answer equals `translator.translate`, whatever the hypothesis holds.
         if decoding.n_best == 1:
@@ -286,8 +299,10 @@ def create_app(
 
     @app.get("/health")
     async def health():
-        """Liveness, the model, and how many requests and sentences took how many decodes."""
+        """Liveness, the model (with a multilingual one's target languages), and how many
+        requests and sentences took how many decodes."""
         return {"status": "ok", "model": name or kind, "model_type": kind,
+                "target_languages": list(translator.target_languages),
                 "requests": batcher.requests, "sentences": batcher.sentences,
                 "decodes": batcher.decodes}  # fmt: skip
 

@@ -21,7 +21,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from seqkit import lora as adapters
 from seqkit.data.batching import TokenBatchSampler, pad
+from seqkit.data.tags import tag_sources, target_languages
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig, Hypothesis, length_limits, search
 from seqkit.models import ModelConfig
@@ -143,15 +145,46 @@ class Translator:
         return Translation(scored, hit_limit=len(nbest[0].tokens) >= limit)
 
     # -- text -----------------------------------------------------------------------------
+    @property
+    def target_languages(self) -> tuple[str, ...]:
+        """The languages a multilingual model writes, by their tags in its source tokenizer
+        (`seqkit.data.tags`); empty for a single-direction model."""
+        return tuple(target_languages(self.tokenizers))
+
+    def tag_id(self, tgt_lang: str | None) -> int | None:
+        """The id of `tgt_lang`'s tag, put in front of every source; None for a
+        single-direction model asked for no language.
+
+        Raises:
+            ValueError: listing the languages, for a multilingual model without `tgt_lang`
+                or with another; for `tgt_lang` on a single-direction model.
+        """
+        tags = target_languages(self.tokenizers)
+        if not tags and tgt_lang is None:
+            return None
+        if not tags:
+            raise ValueError(
+                f"tgt_lang={tgt_lang!r}: this model translates into one language only "
+                "(it has no target-language tags); leave tgt_lang out"
+            )
+        if tgt_lang not in tags:
+            asked = "no tgt_lang given" if tgt_lang is None else f"tgt_lang={tgt_lang!r}"
+            raise ValueError(f"{asked}: this multilingual model translates into "
+                             f"{', '.join(tags)}; choose one as tgt_lang (--tgt-lang)")  # fmt: skip
+        return tags[tgt_lang]
+
     def translate(
         self,
         texts: Sequence[str],
         decoding: Decoding | None = None,
         *,
         max_tokens: int = 4096,
+        tgt_lang: str | None = None,
     ) -> list[str]:
-        """The best translation of each text, in order; empty lines stay empty."""
-        return [t.text for t in self.translate_stream(texts, decoding, max_tokens=max_tokens)]
+        """The best translation of each text, in order; empty lines stay empty. A
+        multilingual model needs `tgt_lang`, one of `target_languages`."""
+        stream = self.translate_stream(texts, decoding, max_tokens=max_tokens, tgt_lang=tgt_lang)
+        return [t.text for t in stream]
 
     def check_text_source(self, lines: object = ()) -> None:
         """Raise unless this model reads text and `lines` is an iterable of strings, not one
@@ -174,30 +207,36 @@ class Translator:
         *,
         max_tokens: int = 4096,
         chunk_size: int = 2000,
+        tgt_lang: str | None = None,
     ) -> Iterator[Translation]:
         """Translate `lines` as they come: `chunk_size` at a time, sorted by length within
         the chunk, batched by `max_tokens` (source tokens, padding included), and yielded
         in input order as soon as the chunk is done. Memory is bounded by the chunk, not
         the input. A line that is empty or only whitespace gives an empty hypothesis.
+        A multilingual model writes `tgt_lang`: its tag goes in front of every source.
 
         Raises:
-            ValueError: for a model that reads images, or `max_tokens`/`chunk_size` < 1.
+            ValueError: for a model that reads images, `max_tokens`/`chunk_size` < 1, or a
+                `tgt_lang` the model does not have (`tag_id`).
         """
         self.check_text_source(lines)
         for name, value in (("max_tokens", max_tokens), ("chunk_size", chunk_size)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        tag = self.tag_id(tgt_lang)
         decoding = decoding or self.decoding
         iterator = iter(lines)
         while chunk := list(itertools.islice(iterator, chunk_size)):
-            yield from self._translate_chunk(chunk, decoding, max_tokens)
+            yield from self._translate_chunk(chunk, decoding, max_tokens, tag)
 
     def _translate_chunk(
-        self, texts: list[str], decoding: Decoding, max_tokens: int
+        self, texts: list[str], decoding: Decoding, max_tokens: int, tag: int | None = None
     ) -> list[Translation]:
         out = [Translation((Scored("", 0.0),) * decoding.num_returned)] * len(texts)  # immutable
         todo = [i for i, t in enumerate(texts) if t.strip()]
         ids = self.tokenizers.encode_source([texts[i] for i in todo])
+        if tag is not None:
+            ids = tag_sources(ids, [tag] * len(ids))
         limit = self.max_positions
         cut = [bool(limit) and len(x) > limit for x in ids]
         ids = [[*x[: limit - 1], EOS] if c else x for x, c in zip(ids, cut, strict=True)]
@@ -257,7 +296,9 @@ class Translator:
     # -- model directories ----------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, metrics: dict | None = None) -> Path:
         """Write config.json (model_type, config, decoding, image source, provenance and
-        `metrics`), model.safetensors, the tokenizer file(s) and a README.md model card."""
+        `metrics`), model.safetensors, the tokenizer file(s) and a README.md model card.
+        A network with LoRA adapters (`seqkit.lora`) is written merged, and its adapter
+        alone in `adapter/` (peft's adapter_config.json and adapter_model.safetensors)."""
         if self.compute_type != "float32":
             raise ValueError(
                 f"a translator converted to {self.compute_type} does not save: save the "
@@ -267,22 +308,40 @@ class Translator:
         fields: dict[str, Any] = {"decoding": asdict(self.decoding)}
         if self.image_source is not None:
             fields["image_source"] = self.image_source.to_dict()
-        return save_directory(directory, self.config, self.net, fields, provenance,
-                              self.tokenizers)  # fmt: skip
+        net = self.net
+        if adapters.is_adapted(net):
+            lora = adapters.describe(adapters.config_of(net))
+            provenance["lora"] = {**lora, "adapter": adapters.ADAPTER_DIR}
+            net = adapters.merged(net)
+        elif "adapter" in provenance.get("lora", {}):  # re-saved: no adapter/ beside it now
+            provenance["lora"] = {k: v for k, v in provenance["lora"].items() if k != "adapter"}
+        out = save_directory(directory, self.config, net, fields, provenance, self.tokenizers)
+        if net is not self.net:  # after the merged model: a killed export leaves a whole one
+            adapters.save_adapter(self.net, out / adapters.ADAPTER_DIR)
+        return out
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str = "cpu", compute_type: str = "float32"
+        cls,
+        directory: str | Path,
+        device: str = "cpu",
+        compute_type: str = "float32",
+        adapter: str | Path | None = None,
     ) -> Translator:
         """Load a directory written by `save_pretrained`, `seqkit fit` or `seqkit export`
         (directories written before config.json named its `model_type` load too), for
         inference in `compute_type` ("float32", "bfloat16" or, on the CPU, "int8"; see
-        `seqkit.precision`). Nothing is unpickled.
+        `seqkit.precision`), with the LoRA `adapter` directory (its adapter_config.json and
+        adapter_model.safetensors, as peft saves them) merged into its weights first, as
+        `PeftModel.from_pretrained(net, adapter).merge_and_unload()` does. Nothing is
+        unpickled.
 
         Raises:
             FileNotFoundError: for a missing directory, config, weights or tokenizer file.
             ValueError: naming the file, for a config or weights that do not fit (DataError
-                for a tokenizer file that is unreadable or does not fit config.json).
+                for a tokenizer file that is unreadable or does not fit config.json), or
+                an adapter that does not fit this model.
+            ImportError: for an adapter without peft installed.
         """
         meta, config, legacy = read_directory(directory, ModelConfig)
         path = Path(directory) / "config.json"
@@ -294,5 +353,11 @@ class Translator:
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from None
         tokenizers = load_tokenizers(config, source, directory)  # checked against config first
-        net = set_compute_type(load_network(config, source, directory, device), compute_type)
-        return cls(net, tokenizers, decoding, source, meta.get("provenance", {}), compute_type)
+        net = load_network(config, source, directory, device)
+        provenance = meta.get("provenance", {})
+        if adapter is not None:
+            net = adapters.load_adapter(net, adapter)
+            lora = adapters.describe(adapters.read_adapter_config(adapter))
+            provenance = {**provenance, "lora": {**lora, "merged_from": str(adapter)}}
+        net = set_compute_type(net, compute_type)
+        return cls(net, tokenizers, decoding, source, provenance, compute_type)

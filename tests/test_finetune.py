@@ -186,3 +186,18 @@ def test_the_handshake_goes_one_way_from_data_to_model(pretrained, tokenizers, t
     other = Tokenizers.train(["a b c"] * 10, ["d e f"] * 10, vocab_size=280)
     with pytest.raises(ValueError, match="not the one this model was trained with"):
         model.use_inputs(replace(inputs, tokenizers=other))
+
+
+def test_a_fine_tuning_run_resumes_from_its_checkpoint_by_the_command_line(pretrained, tmp_path):
+    """`seqkit fit ... --ckpt_path last.ckpt` of a run started with init_from: the recipe's
+    default config is not taken for another architecture, and the data module encodes with
+    the fine-tuned model's tokenizer again."""
+    data = [f"--data.path={write_table(tmp_path / 'mine.tsv')}", "--data.held_out=10"]
+    first = finetune(pretrained, tmp_path / "first", *data)
+    last = next((tmp_path / "first").glob("lightning_logs/version_0/checkpoints/last.ckpt"))
+    resumed = finetune(pretrained, tmp_path / "again", *data, f"--ckpt_path={last}",
+                       "--trainer.max_steps=6")  # fmt: skip
+    assert resumed.trainer.global_step == 6
+    fingerprint = first.datamodule.tokenizers.fingerprint()
+    assert resumed.datamodule.tokenizers.fingerprint() == fingerprint
+    assert resumed.model.config == first.model.config

@@ -16,6 +16,7 @@ _WHERE = {
     "SPECIAL_TOKENS": "seqkit.tokens",
     "UNK": "seqkit.tokens",
     "DataError": "seqkit.errors",
+    "MultilingualTranslationData": "seqkit.data.multilingual",
     "NumberWordsData": "seqkit.data.numbers",
     "TokenBatchSampler": "seqkit.data.batching",
     "Tokenizers": "seqkit.data.tokenizer",
@@ -31,6 +32,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "UNK",
     "DataError",
+    "MultilingualTranslationData",
     "NumberWordsData",
     "TokenBatchSampler",
     "Tokenizers",
@@ -42,6 +44,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from seqkit.data.batching import TokenBatchSampler, collate
+    from seqkit.data.multilingual import MultilingualTranslationData
     from seqkit.data.numbers import NumberWordsData
     from seqkit.data.sources import load_pairs
     from seqkit.data.tokenizer import Tokenizers, train_bpe

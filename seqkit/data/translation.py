@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +22,11 @@ from torch.utils.data import DataLoader
 
 from seqkit.data.batching import ResumableBatches, TokenBatchDataset, token_loader
 from seqkit.data.inputs import ModelInputs
+from seqkit.data.mixing import check_mixing, mix_pairs
 from seqkit.data.sources import DataError, load_pairs, read_columns
 from seqkit.data.tokenizer import EOS, Tokenizers
+from seqkit.data.vocab_extension import extend_tokenizers, old_sides
+from seqkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # What str.splitlines() ends a line at (seqkit.translator.LINE_BREAKS), as a regex class.
@@ -66,6 +70,10 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
         tokenizer: Directory with tokenizer file(s) to reuse instead of training one, e.g.
             the model directory being fine-tuned (`seqkit fit` hands over `init_from`'s).
             Default: one trained on the train split.
+        extend_vocab: With `tokenizer` (fine-tuning): learn this many more BPE merges on
+            the train split's sides in a language the model was not trained on and append
+            them, new tokens after the old ids; the model grows to match
+            (`seqkit.data.vocab_extension`, `seqkit.models.resize`). 0 (default): none.
         min_frequency: Minimum count of a pair for a BPE merge.
         max_tokens: Token budget of a training batch, padding included.
         eval_max_tokens: Token budget of an evaluation batch (default: `max_tokens`).
@@ -76,6 +84,13 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
         held_out: When `path` is a single table file: how many pairs to hold out, picked by
             `seed`, for each of the val and test stages; the rest is the train stage.
             0 (default): every stage reads the whole file.
+        mix_with: Other parallel data (read as `path` is, same languages and columns) whose
+            train split is mixed into the train stage, against forgetting the original
+            task when fine-tuning: e.g. the data the model was pre-trained on. Val and test
+            stay the user's own. Needs `mix_ratio`.
+        mix_ratio: The share of the train stage drawn from `mix_with`, 0 <= r < 1: for N own
+            pairs, round(r * N / (1 - r)) pairs drawn by `seed`, without replacement while
+            `mix_with` has enough (then whole copies plus a draw). 0 (default): no mixing.
         num_workers: DataLoader worker processes (persistent when > 0).
         seed: Seed of the batch order.
         cache_dir: Cache directory (default: $SEQKIT_CACHE or ~/.cache/seqkit).
@@ -92,12 +107,15 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
         vocab_size: int = 8000,
         joint_vocab: bool = True,
         tokenizer: str | None = None,
+        extend_vocab: int = 0,
         min_frequency: int = 2,
         max_tokens: int = 4096,
         eval_max_tokens: int | None = None,
         max_length: int = 256,
         overlong: Literal["truncate", "drop"] = "truncate",
         held_out: int = 0,
+        mix_with: str | None = None,
+        mix_ratio: float = 0.0,
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
@@ -107,6 +125,7 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
         path = None if path is None else str(path)
         cache_dir = None if cache_dir is None else str(cache_dir)
         tokenizer = None if tokenizer is None else str(tokenizer)
+        mix_with = None if mix_with is None else str(mix_with)
         if type(self) is TranslationData:
             # A subclass saves its own arguments: Lightning would merge both signatures, and
             # load_from_checkpoint would then pass the subclass arguments it does not take.
@@ -118,11 +137,17 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
         self.vocab_size, self.joint_vocab = vocab_size, joint_vocab
         self.min_frequency = min_frequency
         self.tokenizer_dir = tokenizer
+        if extend_vocab < 0:
+            raise ValueError(f"extend_vocab={extend_vocab}: the number of BPE merges to add "
+                             "must be >= 0")  # fmt: skip
+        self.extend_vocab = extend_vocab
         self.max_tokens, self.eval_max_tokens = max_tokens, eval_max_tokens or max_tokens
         self.max_length, self.overlong = max_length, overlong
         if held_out < 0:
             raise ValueError(f"held_out must be >= 0, got {held_out}")
         self.held_out = held_out
+        check_mixing(mix_with, mix_ratio)
+        self.mix_with, self.mix_ratio = mix_with, mix_ratio
         self.num_workers, self.seed = num_workers, seed
         default_cache = os.environ.get("SEQKIT_CACHE") or Path.home() / ".cache" / "seqkit"
         self.cache_root = Path(cache_dir or default_cache).expanduser()
@@ -159,9 +184,11 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
         return {stage: data.select(np.sort(parts[stage])) for stage in self.splits}
 
     def raw(self) -> dict[str, datasets.Dataset]:
-        """`load_raw()`, read once."""
+        """`load_raw()`, read once, with `mix_with`'s pairs mixed into the train stage."""
         if self._raw is None:
             raw = self.load_raw()
+            if self.mix_with is not None and "train" in raw:
+                raw = {**raw, "train": self._mixed(raw["train"])}
             for stage, data in raw.items():
                 if not {"source", "target"} <= set(data.column_names):
                     raise ValueError(
@@ -170,6 +197,16 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
                     )
             self._raw = raw
         return self._raw
+
+    def _mixed(self, own: datasets.Dataset) -> datasets.Dataset:
+        """`own` pairs plus pairs of `mix_with`'s train split, `mix_ratio` of the result."""
+        other = load_pairs(self.mix_with, self.src_lang, self.tgt_lang, {"train": "train"},
+                           self.source_column, self.target_column)["train"]  # fmt: skip
+        mixed = mix_pairs(own, other, self.mix_ratio, self.seed)
+        n = len(mixed) - len(own)
+        rank_zero_info(f"train: {len(own):,} pairs of {self.path} + {n:,} of {self.mix_with} "
+                       f"({n / len(mixed):.1%}; mix_ratio={self.mix_ratio})")  # fmt: skip
+        return mixed
 
     def raw_fingerprint(self, stage: str) -> str:
         """A hash of the split's text, for cache keys."""
@@ -185,12 +222,53 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
 
     @property
     def tokenizers(self) -> Tokenizers:
-        """The tokenizer pair: read from `tokenizer`, else cached or trained on the train
-        split now."""
+        """The tokenizer pair: read from `tokenizer` (extended by `extend_vocab` merges), else
+        cached or trained on the train split now."""
         if self._tokenizers is None:
             given = self.tokenizer_dir
+            if self.extend_vocab and not given:
+                raise ConfigError(
+                    f"data.extend_vocab={self.extend_vocab} extends a given tokenizer when "
+                    "fine-tuning (--model.init_args.init_from MODEL_DIR, or data.tokenizer); "
+                    "for a tokenizer of your own, raise data.vocab_size instead"
+                )
             self._tokenizers = Tokenizers.load(given) if given else self._cached_tokenizers()
+            if self.extend_vocab:
+                self._tokenizers = self._extended_tokenizers(self._tokenizers)
         return self._tokenizers
+
+    @property
+    def base_tokenizers(self) -> Tokenizers:
+        """The given tokenizer before `extend_vocab` (`tokenizers` without extension)."""
+        return Tokenizers.load(self.tokenizer_dir) if self.extend_vocab else self.tokenizers
+
+    def tokens_per_word(self, tokenizers: Tokenizers | None = None, stage: str = "train"):
+        """{"source": rate, "target": rate}: tokens per whitespace-separated word of the
+        stage's text under `tokenizers` (default: the data's own); `seqkit.data.fertility`."""
+        from seqkit.data.fertility import SAMPLE, side_rates
+
+        data = self.raw()[stage]  # the first SAMPLE pairs: enough for a rate, fast on WMT
+        texts = read_columns(data.select(range(min(len(data), SAMPLE))), ["source", "target"])
+        return side_rates(tokenizers or self.tokenizers, texts["source"], texts["target"])
+
+    def _extended_tokenizers(self, base: Tokenizers) -> Tokenizers:
+        """`base` with `extend_vocab` merges learned on the train split, cached by content."""
+        old = old_sides(base, self.tokenizer_dir, self.src_lang, self.tgt_lang)
+        key = cache_key(CACHE_VERSION, "extend", base.fingerprint(), self.raw_fingerprint("train"),
+                        self.extend_vocab, self.min_frequency, sorted(old))  # fmt: skip
+        directory = self.cache_root / "tokenizers" / key
+        if directory.is_dir():
+            return Tokenizers.load(directory)
+        train = read_columns(self.raw()["train"], ["source", "target"])
+        extended = extend_tokenizers(base, train["source"], train["target"], self.extend_vocab,
+                                     min_frequency=self.min_frequency, old_sides=old)  # fmt: skip
+        rank_zero_info(
+            f"extend_vocab={self.extend_vocab}: vocabulary {base.src_vocab_size}/"
+            f"{base.tgt_vocab_size} -> {extended.src_vocab_size}/{extended.tgt_vocab_size} "
+            f"(source/target); kept as before: {', '.join(sorted(old)) or 'no side'}"
+        )
+        _save_atomically(extended, directory)
+        return extended
 
     def use_tokenizer(self, directory: str) -> None:
         """Encode with the tokenizer in `directory` (a fine-tuned model's) from now on."""
@@ -264,15 +342,9 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
             return datasets.Dataset.from_file(str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         raw = self.raw()[stage]
-        encode = functools.partial(
-            _encode_batch,
-            tokenizers=self.tokenizers,
-            max_length=self.max_length,
-            drop=self._drops(stage),
-        )
         # datasets writes to a temporary file and renames it: concurrent ranks are safe.
         return raw.map(
-            encode,
+            self._encoder(stage),
             batched=True,
             with_indices=True,
             remove_columns=raw.column_names,
@@ -281,6 +353,12 @@ class TranslationData(ResumableBatches, L.LightningDataModule):
             new_fingerprint=path.stem.replace("-", "_"),
             desc=f"Tokenizing {stage}",
         )
+
+    def _encoder(self, stage: str) -> Callable[..., dict[str, list[Any]]]:
+        """What tokenizes a batch of raw pairs of `stage` (`datasets.map`, batched, with
+        indices); a subclass that adds to the ids (language tags) returns its own."""
+        return functools.partial(_encode_batch, tokenizers=self.tokenizers,
+                                 max_length=self.max_length, drop=self._drops(stage))  # fmt: skip
 
     def _report(self, stage: str) -> None:
         data, total = self.datasets[stage], len(self.raw()[stage])

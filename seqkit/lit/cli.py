@@ -23,6 +23,7 @@ from seqkit.lit.checkpoint_io import AtomicCheckpointIO
 from seqkit.lit.classifier import Classifier
 from seqkit.lit.lm import LanguageModel
 from seqkit.lit.seq2seq import Seq2Seq
+from seqkit.lit.text2image import TextToImage
 from seqkit.translator import Translator, one_line
 
 
@@ -70,7 +71,10 @@ class SeqkitCLI(LightningCLI):
         if given is None or "init_args" not in (given.get("model") or {}):
             return
         resumed, given = self.config[subcommand].model.init_args, given.model.init_args
-        if "config" in given and "config" in resumed:
+        # A fine-tuning run's architecture is its init_from's, not the recipe's `config`
+        # defaults; the data module still needs that model's tokenizer (instantiate_classes).
+        self._resumed_init_from = given.get("init_from")
+        if "config" in given and "config" in resumed and not self._resumed_init_from:
             old, new = resumed.config.as_dict(), given.config.as_dict()
             # A size left at 0 is filled in from the data: not a change.
             changed = {
@@ -98,7 +102,9 @@ class SeqkitCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as err:  # jsonargparse wraps a class's own message in its Namespace
             raise ConfigError(str(_first_cause(err))) from err
-        init_from = getattr(self.model, "init_from", None)
+        init_from = getattr(self.model, "init_from", None) or getattr(
+            self, "_resumed_init_from", None
+        )
         data = self.datamodule
         if init_from and hasattr(data, "use_tokenizer") and not data.tokenizer_dir:
             data.use_tokenizer(init_from)
@@ -131,7 +137,9 @@ class SeqkitCLI(LightningCLI):
         from seqkit.average import AverageCheckpoints
 
         trainer = self.trainer
-        if trainer.interrupted or not isinstance(self.model, Seq2Seq | Classifier | LanguageModel):
+        if trainer.interrupted or not isinstance(
+            self.model, Seq2Seq | Classifier | LanguageModel | TextToImage
+        ):
             return
         callback = trainer.checkpoint_callback
         best = callback.best_model_path if callback else ""
@@ -157,11 +165,18 @@ class SeqkitCLI(LightningCLI):
             out = pretrained(model).save_pretrained(run_dir / "model", metrics=metrics).resolve()
             if isinstance(model, LanguageModel):
                 use = f'generate --model {out} --prompt "..."'
+            elif isinstance(model, TextToImage):
+                use = f"generate --model {out} --prompt seven --num-samples 16 --out grid.png"
             elif isinstance(model, Seq2Seq) and model.image_source is None:
                 use = f"translate --model {out} < src.txt"
             else:
                 use = f"predict --model {out} IMAGE..."
             print(f"\nmodel written to {out}\n  use it: seqkit {use}")
+            if getattr(model, "lora", None) is not None:  # merged above; the adapter beside
+                from seqkit.lora import ADAPTER_DIR, WEIGHTS_FILE
+
+                size = (out / ADAPTER_DIR / WEIGHTS_FILE).stat().st_size
+                print(f"  its LoRA adapter alone ({size / 1024:,.0f} KiB): {out / ADAPTER_DIR}")
 
     def after_predict(self) -> None:
         """Write the translations in the data's order, gathered from every rank once."""
@@ -236,7 +251,8 @@ def load_checkpoint(path: str | Path) -> Seq2Seq | Classifier | LanguageModel:
     hparams = checkpoint.get("hyper_parameters", {})
     # By the class path LightningCLI saved, else by a setting only that class has.
     name = str(hparams.get("_class_path", "")).rpartition(".")[2]
-    cls = {"Classifier": Classifier, "LanguageModel": LanguageModel}.get(name, Seq2Seq)
+    cls = {"Classifier": Classifier, "LanguageModel": LanguageModel,
+           "TextToImage": TextToImage}.get(name, Seq2Seq)  # fmt: skip
     if not name and "tbptt_steps" in hparams:
         cls = LanguageModel
     # LightningCLI's instantiator would parse the saved `config` dict against the signature's
@@ -253,6 +269,8 @@ def pretrained(
     module: Seq2Seq | Classifier | LanguageModel,
 ) -> Translator | Labeler | TextGenerator:
     """The inference object of a LightningModule, which writes its model directory."""
+    if isinstance(module, TextToImage):
+        return module.generator
     if isinstance(module, LanguageModel):
         return module.generator
     return module.translator if isinstance(module, Seq2Seq) else module.labeler

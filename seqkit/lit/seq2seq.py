@@ -4,6 +4,7 @@ belong to `Translator`."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Literal
 
@@ -13,9 +14,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from seqkit import lora as adapters
 from seqkit.card import checkpoint_provenance, data_provenance
 from seqkit.data.inputs import ModelInputs
+from seqkit.data.tags import target_languages
 from seqkit.data.tokenizer import Tokenizers
+from seqkit.data.vocab_extension import extends
 from seqkit.decoding import DecodingConfig
 from seqkit.lit import finetune
 from seqkit.lit.loss import label_smoothed_nll
@@ -27,6 +31,7 @@ from seqkit.lit.optim import (
     rescale_learning_rate,
 )
 from seqkit.lit.precision import warn_if_slow_bf16
+from seqkit.lora import LoraConfig
 from seqkit.metrics import translation_scores
 from seqkit.models import (
     ModelConfig,
@@ -58,6 +63,10 @@ class Seq2Seq(L.LightningModule):
             and the output projection when tied to one) and/or "encoder" (its layers).
         nonfinite_patience: a training step whose loss is NaN or infinite is skipped and
             counted; this many in a row stop training with an error.
+        lora: LoRA adapters (Hu et al., 2021) on the network's nn.Linear layers, for
+            fine-tuning `init_from` (not with `freeze`): only the adapters train; the
+            exported model directory holds the merged weights and the adapter alone in
+            its `adapter/` directory (`seqkit.lora`). Needs `pip install 'seqkit[lora]'`.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class Seq2Seq(L.LightningModule):
         init_from: str | None = None,
         freeze: list[Literal["embeddings", "encoder"]] | None = None,
         nonfinite_patience: int = 10,
+        lora: LoraConfig | None = None,
     ) -> None:
         super().__init__()
         self._legacy_source: dict = {}  # sizes older checkpoints kept in the config
@@ -76,6 +86,8 @@ class Seq2Seq(L.LightningModule):
             self._legacy_source = split_legacy_source(config)[1]
             config = config_from_dict(config)
         finetune.check_freezable(list(freeze or ()))
+        self.lora = as_config(LoraConfig, lora) if lora is not None else None
+        adapters.check_options(self.lora, init_from, list(freeze or ()))
         pretrained = Translator.from_pretrained(init_from) if init_from is not None else None
         if pretrained is not None:
             config = finetune.fine_tuning_config(pretrained.config, config, init_from)
@@ -95,10 +107,13 @@ class Seq2Seq(L.LightningModule):
         if pretrained is not None:
             self.tokenizers, self.image_source = pretrained.tokenizers, pretrained.image_source
             self.net = pretrained.net.train()
+            if self.lora is not None:  # only the adapters train from here on
+                self.net = adapters.apply_lora(self.net, self.lora)
+                rank_zero_info(adapters.summary(self.net, self.lora))
         if self.net is not None:
             finetune.freeze(self.net, self.freeze)
         self.eval_loss, self.eval_nll = MeanMetric(), MeanMetric()
-        self._outputs: list[tuple[int, str, str]] = []
+        self._outputs: list[tuple[int, str, str, int]] = []  # index, hyp, ref, first src id
 
     def _update_hparams(self) -> None:
         self.hparams.update(self._plain_hparams())
@@ -116,6 +131,7 @@ class Seq2Seq(L.LightningModule):
             # directory the run started from.
             "init_from": None,
             "freeze": self.freeze,
+            "lora": None,  # as init_from: on_load_checkpoint adapts the net from checkpoint["lora"]
             "nonfinite_patience": self.guard.patience,
         }
 
@@ -136,17 +152,32 @@ class Seq2Seq(L.LightningModule):
     def use_inputs(self, inputs: ModelInputs) -> None:
         """Take the tokenizer, image source and longest sequence a data module hands over.
 
+        A tokenizer that extends the model's (`TranslationData(extend_vocab=N)`: the old
+        tokens at their ids, more after them) grows the network's embeddings and output
+        projection to match (`finetune.grow_vocabularies`) and the config's vocabulary sizes.
+
         Raises:
             ValueError: when they contradict this model (another tokenizer or image source,
                 sequences longer than its positions).
         """
-        if self.tokenizers is not None and self.tokenizers.fingerprint() != (
-            inputs.tokenizers.fingerprint()
-        ):
-            raise ValueError(
-                "the data module's tokenizer is not the one this model was trained with; "
-                "reuse the model's tokenizer (TranslationData(tokenizer=MODEL_DIR)) or train anew"
-            )
+        old = self.tokenizers
+        if old is not None and old.fingerprint() != inputs.tokenizers.fingerprint():
+            if not extends(inputs.tokenizers, old):
+                raise ValueError(
+                    "the data module's tokenizer is not the one this model was trained with, "
+                    "nor an extension of it; reuse the model's tokenizer (TranslationData("
+                    "tokenizer=MODEL_DIR), extend_vocab=N to extend it) or train anew"
+                )
+            if getattr(self, "lora", None) is not None:
+                raise ValueError("data.extend_vocab adds embedding rows that must train, but "
+                                 "LoRA trains only its adapters: drop one of the two")  # fmt: skip
+            if self.net is not None:
+                finetune.grow_vocabularies(self.net, old, inputs.tokenizers)
+            sizes = {"tgt_vocab_size": inputs.tokenizers.tgt_vocab_size}
+            if self.image_source is None:
+                sizes["src_vocab_size"] = inputs.tokenizers.src_vocab_size
+            self.config = replace(self.config, **sizes)
+            self._update_hparams()
         old, new = self.image_source, inputs.image_source
         if old and new and (old.patch_size, old.channels) != (new.patch_size, new.channels):
             raise ValueError(f"the data cuts {new} but the model reads {old}")
@@ -183,6 +214,11 @@ class Seq2Seq(L.LightningModule):
         data = getattr(self.trainer, "datamodule", None)
         if data is not None:
             self.provenance["data"] = data_provenance(data.hparams, type(data).__name__)
+        if hasattr(data, "tokens_per_word") and "train" in getattr(data, "splits", {}):
+            if self.init_from:  # what the model's tokenizer does to the new data
+                finetune.report_fertility(self.init_from, data)
+            # This model's own rate, for whoever fine-tunes it next (config.json provenance).
+            self.provenance["tokens_per_word"] = data.tokens_per_word()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizers is not None:
@@ -190,6 +226,7 @@ class Seq2Seq(L.LightningModule):
         source = self.image_source
         checkpoint["image_source"] = source.to_dict() if source is not None else None
         checkpoint["provenance"] = {**self.provenance, "steps": self.trainer.global_step}
+        checkpoint["lora"] = adapters.to_dict(self.lora) if self.lora is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizers" in checkpoint:
@@ -199,6 +236,9 @@ class Seq2Seq(L.LightningModule):
             data = {**self._legacy_source, **checkpoint["image_source"]}
             self.image_source = ImageSource.from_dict(data, "checkpoint image_source")
         self.configure_model()
+        if checkpoint.get("lora") and self.net is not None and not adapters.is_adapted(self.net):
+            self.lora = as_config(LoraConfig, checkpoint["lora"])  # the same adapters, to fill
+            self.net = adapters.apply_lora(self.net, self.lora)
         self.provenance = checkpoint_provenance(checkpoint)
         rescale_learning_rate(checkpoint, self.optim_config.lr)  # resuming with another lr
 
@@ -233,7 +273,9 @@ class Seq2Seq(L.LightningModule):
         self.eval_nll.update(nll, n_tokens)
         decoding = self.decoding.as_greedy() if stage == "val" else self.decoding
         hyps = [t.text for t in self.translator.generate(src, src_mask, decoding)]
-        self._outputs += zip(batch["index"].tolist(), hyps, batch["tgt_text"], strict=True)
+        # A multilingual model's sources start with their target language's tag.
+        firsts = [-1] * len(hyps) if src.is_floating_point() else src[:, 0].tolist()
+        self._outputs += zip(batch["index"].tolist(), hyps, batch["tgt_text"], firsts, strict=True)
         return loss
 
     def on_validation_epoch_end(self) -> None:
@@ -251,8 +293,8 @@ class Seq2Seq(L.LightningModule):
             torch.distributed.all_gather_object(gathered, outputs)
             outputs = [o for part in gathered for o in part]
         # Distributed samplers repeat a few sentences to even out ranks: count each once.
-        by_index = {index: (hyp, ref) for index, hyp, ref in outputs}
-        hyps, refs = zip(*(by_index[i] for i in sorted(by_index)), strict=True)
+        by_index = {index: (hyp, ref, first) for index, hyp, ref, first in outputs}
+        hyps, refs, firsts = zip(*(by_index[i] for i in sorted(by_index)), strict=True)
         scores = translation_scores(list(hyps), list(refs))
         # Every rank holds the same values: sync_dist only tells Lightning so.
         self.log(f"{stage}/loss", self.eval_loss.compute(), prog_bar=True, sync_dist=True)
@@ -261,7 +303,20 @@ class Seq2Seq(L.LightningModule):
         self.eval_nll.reset()
         for key in ("bleu", "chrf", "exact_match"):
             self.log(f"{stage}/{key}", scores[key], prog_bar=key == "bleu", sync_dist=True)
+        self._log_directions(stage, hyps, refs, firsts)
         return scores
+
+    def _log_directions(
+        self, stage: str, hyps: Sequence[str], refs: Sequence[str], firsts: Sequence[int]
+    ) -> None:
+        """`{stage}/bleu_LANG` and `{stage}/chrf_LANG` for each target language of a
+        multilingual model, its sentences told by the tag in front of their sources."""
+        for lang, tag in target_languages(self.tokenizers).items():
+            rows = [i for i, first in enumerate(firsts) if first == tag]
+            if rows:
+                part = translation_scores([hyps[i] for i in rows], [refs[i] for i in rows])
+                for key in ("bleu", "chrf"):
+                    self.log(f"{stage}/{key}_{lang}", part[key], sync_dist=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[tuple[int, str]]:
         """(row index, translation) pairs: batches come sorted by length, not in file order."""

@@ -13,6 +13,7 @@ from torch import nn
 from seqkit.models.lm import RNNLM, LMConfig, RNNLMConfig, TransformerLM, TransformerLMConfig
 from seqkit.models.patches import ImageSource, patch_embedding
 from seqkit.models.rnn import RNNConfig, RNNSeq2Seq
+from seqkit.models.text2image import TextToImageConfig
 from seqkit.models.transformer import Transformer, TransformerConfig
 from seqkit.models.vit import ReaderConfig, RecurrentReader, ViT, ViTConfig
 
@@ -28,6 +29,7 @@ MODELS: dict[type, type[nn.Module]] = {
     ReaderConfig: RecurrentReader,
     TransformerLMConfig: TransformerLM,
     RNNLMConfig: RNNLM,
+    TextToImageConfig: Transformer,
 }
 MODEL_TYPES: dict[str, type] = {
     "transformer": TransformerConfig,
@@ -36,6 +38,7 @@ MODEL_TYPES: dict[str, type] = {
     "recurrent-reader": ReaderConfig,
     "transformer-lm": TransformerLMConfig,
     "rnn-lm": RNNLMConfig,
+    "transformer-text2image": TextToImageConfig,
 }
 """The `model_type` a model directory's config.json names -> its config class."""
 # Fields that configs had before an image source became an `ImageSource` of its own.
@@ -46,6 +49,7 @@ KINDS = {
     **dict.fromkeys(typing.get_args(ModelConfig), "seq2seq"),
     **dict.fromkeys(typing.get_args(ImageModelConfig), "an image classifier"),
     **dict.fromkeys(typing.get_args(LMConfig), "a language model"),
+    TextToImageConfig: "a text-to-image model",
 }
 """What each config's model is, for messages."""
 
