@@ -3,13 +3,15 @@
     python bench/new_language.py --model runs/bench-multi30k/.../model [--minutes 15]
         [--extend-vocab 2000] [--rows old-tokenizer extend-vocab scratch] [-- FIT OVERRIDES]
 
-Each row trains exactly as a user does, for the same wall-clock minutes (`--trainer.max_time`):
+Each row trains exactly as a user does, for the same wall-clock minutes (`--trainer.max_time`)
+or, with `--steps N`, the same steps (batches hold the same tokens: equal compute):
 
 - old-tokenizer: `seqkit fit --config recipes/finetune.yaml --model.init_args.init_from MODEL`
   on Multi30k en→fr, encoding French with the en→de model's tokenizer;
 - extend-vocab: the same with `--data.extend_vocab N` (N merges learned on the French side,
   the model's embeddings and output grown to match);
-- scratch: `seqkit fit --config recipes/transformer-multi30k.yaml` on en→fr, its own tokenizer.
+- scratch: `seqkit fit --config RECIPE` on en→fr with its own tokenizer, RECIPE being the
+  one the model was trained by (`--scratch-recipe`, default transformer-multi30k-15min.yaml).
 
 Prints one row each: target tokens per word of the French train split with the tokenizer the
 run used, training steps, and test2016 sacreBLEU (beam 5).
