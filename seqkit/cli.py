@@ -229,8 +229,6 @@ def translate_main(argv: list[str]) -> None:
     if args.resume and not args.out:
         _usage_error(parser, "--resume", "needs --out, the file to continue")
     if args.engine != "seqkit":
-        if args.tgt_lang is not None:
-            _usage_error(parser, "--tgt-lang", "only with --engine seqkit")
         _translate_with_engine(parser, args)
         return
     translator = _load(parser, args)
@@ -318,6 +316,7 @@ def _translate_with_engine(parser: argparse.ArgumentParser, args: argparse.Names
     from seqkit.translator import one_line
 
     translator, decoding = _engine(parser, args)
+    _check_tgt_lang(parser, translator, args.tgt_lang)
     lines = _input(args.src)
     _check_output(parser, args.src, args.out)
     done = _resume_point(Path(args.out), 1) if args.resume else 0
@@ -326,6 +325,7 @@ def _translate_with_engine(parser: argparse.ArgumentParser, args: argparse.Names
         print(f"resuming {args.out} after {done:,} lines of input", file=sys.stderr)
     report = _Report(text_output=True, start=done)
     batch = {"max_tokens": args.max_tokens} if args.engine == "ctranslate2" else {}
+    batch["tgt_lang"] = args.tgt_lang
     with _output(args.out, args.resume) as out:
         while chunk := list(itertools.islice(lines, args.chunk_size)):
             hyps = translator.translate(chunk, decoding, **batch)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from seqkit import lora as adapters
 from seqkit.data.batching import TokenBatchSampler, pad
-from seqkit.data.tags import tag_sources, target_languages
+from seqkit.data.tags import source_tag_id, tag_sources, target_languages
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig, Hypothesis, length_limits, search
 from seqkit.models import ModelConfig
@@ -159,19 +159,7 @@ class Translator:
             ValueError: listing the languages, for a multilingual model without `tgt_lang`
                 or with another; for `tgt_lang` on a single-direction model.
         """
-        tags = target_languages(self.tokenizers)
-        if not tags and tgt_lang is None:
-            return None
-        if not tags:
-            raise ValueError(
-                f"tgt_lang={tgt_lang!r}: this model translates into one language only "
-                "(it has no target-language tags); leave tgt_lang out"
-            )
-        if tgt_lang not in tags:
-            asked = "no tgt_lang given" if tgt_lang is None else f"tgt_lang={tgt_lang!r}"
-            raise ValueError(f"{asked}: this multilingual model translates into "
-                             f"{', '.join(tags)}; choose one as tgt_lang (--tgt-lang)")  # fmt: skip
-        return tags[tgt_lang]
+        return source_tag_id(self.tokenizers, tgt_lang)
 
     def translate(
         self,

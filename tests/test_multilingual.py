@@ -265,7 +265,6 @@ def test_translate_tgt_lang_writes_that_language(routed, tmp_path, capsys):
             ["--tgt-lang", "de"],
             "--tgt-lang: tgt_lang='de': this model translates into one",
         ),
-        ("multi", ["--tgt-lang", "de", "--engine", "ctranslate2"], "only with --engine seqkit"),
     ],
 )
 def test_translate_tgt_lang_errors(routed, single, tmp_path, capsys, which, flags, words):
@@ -276,6 +275,31 @@ def test_translate_tgt_lang_errors(routed, single, tmp_path, capsys, which, flag
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("engine", "extra"), [("ctranslate2", "ctranslate2"), ("onnx", "onnxruntime")]
+)
+def test_exports_put_the_tag_in_front_as_seqkit_does(routed, tmp_path, capsys, engine, extra):
+    """`seqkit export` then `seqkit translate --engine E --tgt-lang L` writes what seqkit's
+    own greedy search writes into L; an export is refused a language it does not have."""
+    pytest.importorskip(extra)
+    routed.save_pretrained(tmp_path / "model")
+    main(["export", "--format", engine, str(tmp_path / "model"), str(tmp_path / engine)])
+    (tmp_path / "src.txt").write_text("\n".join(WORDS["en"][:8]) + "\n", encoding="utf-8")
+    name = {"onnx": "onnxruntime"}.get(engine, engine)
+    flags = ["translate", "--engine", name, "--model", str(tmp_path / engine),
+             "--src", str(tmp_path / "src.txt"), "--beam", "1"]  # fmt: skip
+    for lang in ("de", "fr"):
+        out = tmp_path / f"hyp.{lang}"
+        main([*flags, "--out", str(out), "--tgt-lang", lang])
+        assert out.read_text("utf-8").splitlines() == routed.translate(
+            WORDS["en"][:8], tgt_lang=lang
+        )
+    for asked, words in ([], "translates into de, fr"), (["--tgt-lang", "it"], "tgt_lang='it'"):
+        with pytest.raises(SystemExit) as info:
+            main([*flags, *asked])
+        assert info.value.code == 2 and words in capsys.readouterr().err
 
 
 def test_serve_takes_tgt_lang(routed):

@@ -49,6 +49,29 @@ def target_languages(tokenizers: Tokenizers) -> dict[str, int]:
     return found
 
 
+def source_tag_id(tokenizers: Tokenizers, tgt_lang: str | None) -> int | None:
+    """The id of `tgt_lang`'s tag, to put in front of every source; None for a
+    single-direction model asked for no language.
+
+    Raises:
+        ValueError: listing the languages, for a multilingual model without `tgt_lang`
+            or with another; for `tgt_lang` on a single-direction model.
+    """
+    tags = target_languages(tokenizers)
+    if not tags and tgt_lang is None:
+        return None
+    if not tags:
+        raise ValueError(
+            f"tgt_lang={tgt_lang!r}: this model translates into one language only "
+            "(it has no target-language tags); leave tgt_lang out"
+        )
+    if tgt_lang not in tags:
+        asked = "no tgt_lang given" if tgt_lang is None else f"tgt_lang={tgt_lang!r}"
+        raise ValueError(f"{asked}: this multilingual model translates into "
+                         f"{', '.join(tags)}; choose one as tgt_lang (--tgt-lang)")  # fmt: skip
+    return tags[tgt_lang]
+
+
 def add_language_tags(tokenizers: Tokenizers, langs: Sequence[str]) -> Tokenizers:
     """A copy of `tokenizers` whose source vocabulary ends with a tag per language of `langs`
     (both sides grow when the vocabulary is joint). Tags already there keep their ids, so

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from seqkit.data.tags import source_tag_id, tag_sources, target_languages
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig
 from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
@@ -253,12 +254,24 @@ class CTranslate2Translator:
             raise ValueError(f"{path}: {err}") from None
         return cls(model, Tokenizers.load(path), decoding, int(meta["max_positions"]))
 
+    @property
+    def target_languages(self) -> tuple[str, ...]:
+        """The languages a multilingual export writes (its tokenizer's tags); empty for a
+        single-direction one."""
+        return tuple(target_languages(self.tokenizers))
+
+    def tag_id(self, tgt_lang: str | None) -> int | None:
+        """`tgt_lang`'s tag id, put in front of every source (`seqkit.data.tags.source_tag_id`:
+        a ValueError for a language the export does not write, or none named for a
+        multilingual one)."""
+        return source_tag_id(self.tokenizers, tgt_lang)
+
     def translate(self, lines: Sequence[str], decoding: DecodingConfig | None = None,
-                  *, max_tokens: int = 4096) -> list[str]:  # fmt: skip
-        """The best translation of each line, in order; empty lines stay empty."""
-        return [
-            nbest[0][0] for nbest in self.translate_nbest(lines, decoding, max_tokens=max_tokens)
-        ]
+                  *, max_tokens: int = 4096, tgt_lang: str | None = None) -> list[str]:  # fmt: skip
+        """The best translation of each line, in order; empty lines stay empty. A
+        multilingual export needs `tgt_lang`, one of `target_languages`."""
+        nbest = self.translate_nbest(lines, decoding, max_tokens=max_tokens, tgt_lang=tgt_lang)
+        return [hyps[0][0] for hyps in nbest]
 
     def translate_nbest(
         self,
@@ -266,15 +279,25 @@ class CTranslate2Translator:
         decoding: DecodingConfig | None = None,
         *,
         max_tokens: int = 4096,
+        tgt_lang: str | None = None,
     ) -> list[list[tuple[str, float]]]:
         """The `n_best` (text, score) hypotheses of each line, best first (scores are
-        CTranslate2's: log-probability / length ** alpha)."""
+        CTranslate2's: log-probability / length ** alpha). A multilingual export writes
+        `tgt_lang`: its tag goes in front of every source, as seqkit's own `Translator` does.
+
+        Raises:
+            TypeError: for one string instead of a list of lines.
+            ValueError: for a `tgt_lang` the export does not write (`tag_id`).
+        """
         if isinstance(lines, str | bytes):
             raise TypeError("give a list of lines, not one string: translate([text])")
         decoding = decoding or self.decoding
+        tag = self.tag_id(tgt_lang)
         todo = [i for i, line in enumerate(lines) if line.strip()]
         out = [[("", 0.0)] * decoding.n_best for _ in lines]
         ids = self.tokenizers.encode_source([lines[i] for i in todo])
+        if tag is not None:
+            ids = tag_sources(ids, [tag] * len(ids))
         results = self._search(ids, decoding, max_tokens)
         for i, hyps in zip(todo, results, strict=True):
             texts = self.tokenizers.decode_target([h for h, _ in hyps])
