@@ -13,7 +13,8 @@ import datasets
 from seqkit.data.sources import load_pairs, read_columns
 from seqkit.data.tags import add_language_tags, language_tag, tag_sources, target_languages
 from seqkit.data.tokenizer import Tokenizers
-from seqkit.data.translation import TranslationData, _encode_batch, cache_key
+from seqkit.data.tokenizer_source import cache_key
+from seqkit.data.translation import TranslationData, _encode_batch
 
 
 class MultilingualTranslationData(TranslationData):

@@ -14,7 +14,8 @@ import datasets
 from lightning.pytorch.utilities import rank_zero_info
 from num2words import num2words
 
-from seqkit.data.translation import TranslationData, cache_key
+from seqkit.data.tokenizer_source import cache_key
+from seqkit.data.translation import TranslationData
 
 STAGES = ("train", "val", "test")
 
