@@ -274,6 +274,24 @@ def split_pool(
     return splits
 
 
+def load_digit_pools(
+    path: str | None, val_size: int | float, test_size: int | float, seed: int, purpose: str
+) -> tuple[ImagePool, dict[str, np.ndarray]]:
+    """The digit images of `path` (`load_source`) and their "train", "val", "test" rows
+    (`split_pool`), for data built from the digits 0-9 (strips, text to image).
+
+    Raises:
+        DataError: naming `path` and `purpose` when the labels are not the digits 0-9, or a
+            split would be empty.
+    """
+    pool = load_source(path)
+    found = sorted(set(pool.labels.tolist()))
+    if found != list(range(10)):
+        raise DataError(f"{path}: for {purpose}, the images must show the digits 0-9; "
+                        f"found labels {found}")  # fmt: skip
+    return pool, split_pool(pool, val_size, test_size, seed, path)
+
+
 def _count(size: int | float, n: int) -> int:
     return size if isinstance(size, int) else round(size * n)
 

@@ -19,10 +19,9 @@ from seqkit.data.batching import Repeat, ResumableBatches, pad, token_loader
 from seqkit.data.images import (
     ImagePool,
     check_split_sizes,
-    load_source,
+    load_digit_pools,
     pixel_stats,
     shift_images,
-    split_pool,
 )
 from seqkit.data.inputs import ModelInputs
 from seqkit.data.patches import TrainPixelStats
@@ -187,12 +186,9 @@ class DigitStripData(TrainPixelStats, ResumableBatches, L.LightningDataModule):
     def _ensure_loaded(self) -> None:
         if self._pool is not None:
             return
-        pool = load_source(self.path)
-        if sorted(set(pool.labels.tolist())) != list(range(10)):
-            raise DataError(f"{self.path}: digit strips need images of the digits 0-9, "
-                            f"found labels {sorted(set(pool.labels.tolist()))}")  # fmt: skip
+        pool, pools = load_digit_pools(self.path, self.val_images, self.test_images, self.seed,
+                                       "digit strips")  # fmt: skip
         check_divisible(pool.images.shape[2:], self.patch_size, f"{self.path} images")
-        pools = split_pool(pool, self.val_images, self.test_images, self.seed, self.path)
         labels = pool.labels.numpy()
         for i, stage in enumerate(STAGES):
             self.strips[stage] = make_strips(labels, pools[stage], self.sizes[stage],

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seqkit.codebook import PatchCodebook
 from seqkit.data.batching import Repeat, ResumableBatches, pad, token_loader
-from seqkit.data.images import ImagePool, check_split_sizes, load_source, split_pool
+from seqkit.data.images import ImagePool, check_split_sizes, load_digit_pools
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.errors import DataError
 from seqkit.image_generator import prompt_words
@@ -220,11 +220,8 @@ class TextToImageData(ResumableBatches, L.LightningDataModule):
     def _ensure_loaded(self) -> None:
         if self._pool is not None:
             return
-        pool = load_source(self.path)
-        if sorted(set(pool.labels.tolist())) != list(range(10)):
-            raise DataError(f"{self.path}: text to image needs images of the digits 0-9, "
-                            f"found labels {sorted(set(pool.labels.tolist()))}")  # fmt: skip
-        pools = split_pool(pool, self.val_images, self.test_images, self.seed, self.path)
+        pool, pools = load_digit_pools(self.path, self.val_images, self.test_images, self.seed,
+                                       "text to image")  # fmt: skip
         labels = pool.labels.numpy()
         for i, stage in enumerate(STAGES):
             # One generator drawn in turn: generators seeded alike would tie the language
