@@ -104,6 +104,31 @@ def test_a_cache_grows_keeping_its_past_and_reorders_only_what_it_holds():
     assert picked.k.data_ptr() != cache.k.data_ptr()  # its own buffers
 
 
+def test_reorders_alternate_between_two_buffer_pairs_and_keep_every_past():
+    """Beam search's reorder, append, reorder ... writes each reorder into the buffers the cache
+    before the last reorder had, so a search allocates no buffers per step; what each cache
+    holds is still exactly the rows it picked, and a second reorder of one cache gets new
+    buffers rather than its sibling's."""
+    cache, past = KVCache.empty(torch.zeros(()), batch=4, heads=2, head_dim=3, capacity=8), []
+    buffers = set()
+    with torch.inference_mode():
+        for _ in range(6):
+            k = torch.randn(4, 2, 1, 3)
+            cache, past = cache.append(k, 2 * k), [*past, k]
+            index = torch.randint(0, 4, (4,))
+            cache = cache.index_select(index)
+            past = [p[index] for p in past]
+            buffers.add(cache.k.data_ptr())
+            torch.testing.assert_close(cache.keys, torch.cat(past, dim=2))
+            torch.testing.assert_close(cache.values, 2 * torch.cat(past, dim=2))
+        assert len(buffers) == 2
+        first = cache.index_select(torch.tensor([0, 1, 2, 3]))
+        second = cache.index_select(torch.tensor([3, 2, 1, 0]))
+        assert len({first.k.data_ptr(), second.k.data_ptr(), cache.k.data_ptr()}) == 3
+        torch.testing.assert_close(first.keys, cache.keys)
+        torch.testing.assert_close(second.keys, cache.keys.flip(0))
+
+
 def test_a_converted_translator_refuses_to_save_and_bad_types_are_named(model, tmp_path):
     _, model_dir = model
     int8 = Translator.from_pretrained(model_dir, compute_type="int8")

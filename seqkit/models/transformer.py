@@ -27,15 +27,19 @@ class KVCache:
     full, so decoding T tokens copies O(T) positions rather than the O(T²) of concatenating the
     past at every step (as fairseq's and CTranslate2's caches do).
 
-    A decoding state is consumed by the step that reads it: decode from the state it returns
-    (`reorder_state` gives new buffers, so every beam hypothesis keeps its own past). Being
-    written in place, a cache serves inference: no gradient flows through it to earlier steps.
+    A decoding state is consumed by the step that reads it: decode from the state it returns.
+    `index_select` (beam search's reorder) writes into the buffers of the cache reordered
+    before this one, which that cache's successors no longer read, so a search allocates two
+    buffer pairs per layer rather than one per step; every hypothesis still keeps its own past.
+    Being written in place, a cache serves inference: no gradient flows through it to earlier
+    steps.
     """
 
-    __slots__ = ("k", "length", "v")
+    __slots__ = ("k", "length", "spare", "v")
 
-    def __init__(self, k: Tensor, v: Tensor, length: int) -> None:
+    def __init__(self, k: Tensor, v: Tensor, length: int, spare: KV | None = None) -> None:
         self.k, self.v, self.length = k, v, length
+        self.spare = spare  # buffers `index_select` may write into (see the class docstring)
 
     @classmethod
     def empty(cls, like: Tensor, batch: int, heads: int, head_dim: int, capacity: int = 16):
@@ -46,15 +50,17 @@ class KVCache:
     def append(self, k: Tensor, v: Tensor) -> KVCache:
         """The cache with new positions' keys and values (B, H, T, Dh) after the past."""
         end = self.length + k.shape[2]
+        spare = self.spare
         if end > self.k.shape[2]:  # full: move to buffers twice as large (amortized O(1))
             room = max(end, 2 * self.k.shape[2])
             grown = [x.new_empty(*x.shape[:2], room, x.shape[3]) for x in (self.k, self.v)]
             for new, old in zip(grown, (self.k, self.v), strict=True):
                 new[:, :, : self.length] = old[:, :, : self.length]
             self.k, self.v = grown
+            spare = None  # of the old capacity
         self.k[:, :, self.length : end] = k
         self.v[:, :, self.length : end] = v
-        return KVCache(self.k, self.v, end)
+        return KVCache(self.k, self.v, end, spare)
 
     @property
     def keys(self) -> Tensor:
@@ -65,16 +71,17 @@ class KVCache:
         return self.v[:, :, : self.length]
 
     def index_select(self, index: Tensor) -> KVCache:
-        """The cache of batch rows `index` (N,), in new buffers; only the filled part is copied."""
+        """The cache of batch rows `index` (N,), in other buffers (the spare pair when it fits,
+        else new ones); only the filled part is copied."""
         if torch.is_grad_enabled():  # `out=` records no gradient: plain copies
             return KVCache(self.keys.index_select(0, index), self.values.index_select(0, index),
                            self.length)  # fmt: skip
-        picked = []
-        for x in (self.k, self.v):
-            new = x.new_empty(len(index), *x.shape[1:])
-            torch.index_select(x[:, :, : self.length], 0, index, out=new[:, :, : self.length])
-            picked.append(new)
-        return KVCache(*picked, self.length)
+        spare, self.spare = self.spare, None  # a second reorder of this cache gets new buffers
+        if spare is None or spare[0].shape != (len(index), *self.k.shape[1:]):
+            spare = tuple(x.new_empty(len(index), *x.shape[1:]) for x in (self.k, self.v))
+        for x, out in zip((self.k, self.v), spare, strict=True):
+            torch.index_select(x[:, :, : self.length], 0, index, out=out[:, :, : self.length])
+        return KVCache(*spare, self.length, spare=(self.k, self.v))
 
 
 register_pytree_node(
