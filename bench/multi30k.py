@@ -1,7 +1,7 @@
 """Multi30k: train a recipe within a time budget, then score test_2016_flickr.
 
     python bench/multi30k.py [--recipe recipes/transformer-multi30k.yaml] [--src en --tgt de]
-        [--minutes 60] [--data ../shared/data/multi30k] [--model DIR] [-- FIT OVERRIDES]
+        [--minutes 60] [--data ../shared/data/multi30k] [--model DIR [--alpha A]] [-- FIT OVERRIDES]
 
 Trains exactly as a user does (`seqkit fit --config RECIPE`), then decodes the 1,000 test
 sentences with beam 5 and prints training tokens/s, wall time, decoding speed, test perplexity,
@@ -75,7 +75,10 @@ def score(model_dir: Path, args: argparse.Namespace) -> dict:
     sources = read_lines(args.data / f"test_2016_flickr.{args.src}.gz")
     refs = read_lines(args.data / f"test_2016_flickr.{args.tgt}.gz")
     start = time.perf_counter()
-    hyps = translator.translate(sources, replace(translator.decoding, beam_size=args.beam))
+    decoding = replace(translator.decoding, beam_size=args.beam)
+    if args.alpha is not None:
+        decoding = replace(decoding, alpha=args.alpha)
+    hyps = translator.translate(sources, decoding)
     decode_s = time.perf_counter() - start
     scores = translation_scores(hyps, refs)
     return {
@@ -98,6 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs/bench-multi30k")
     parser.add_argument("--model", type=Path, help="score this exported model, do not train")
     parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--alpha", type=float, help="length penalty (default: the model's own)")
     parser.add_argument("overrides", nargs="*", help="extra `seqkit fit` flags, after --")
     return parser.parse_args(argv)
 
@@ -105,7 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     model_dir = args.model or fit(args)
-    result = {"model": str(model_dir), "pair": f"{args.src}-{args.tgt}", "beam": args.beam}
+    result = {"model": str(model_dir), "pair": f"{args.src}-{args.tgt}", "beam": args.beam,
+              "alpha": args.alpha}  # fmt: skip
     result |= training_figures(model_dir) | score(model_dir, args)
     (args.run_dir / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
