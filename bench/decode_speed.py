@@ -2,6 +2,7 @@
 
     pip install -e ".[bench]"
     python bench/decode_speed.py [--model DIR] [--sentences 200] [--batch 50] [--rounds 3]
+        [--no-hf] [--compute-types float32 int8 bfloat16]
 
 Every system decodes the same test2016 English sentences in the same length-sorted batches,
 with outputs forced to `--length` tokens (min = max length), so that each does the same work
@@ -13,7 +14,7 @@ the median round counts. Systems:
 - Hugging Face `MarianMTModel.generate` of the same size (its own random weights);
 - CTranslate2 float32 and int8 on seqkit's own weights (`seqkit export --format ctranslate2`).
 
-Without `--model`, the model is untrained, of the size the Multi30k recipe trains (3+3 layers,
+Without `--model`, the model is untrained, of the d_model 256 Multi30k size (3+3 layers,
 d_model 256, 4 heads, FFN 1024) with an 8,000-token joint vocabulary learned on Multi30k. With
 `--model` (a trained model directory), it also decodes the whole test set at natural length with
 beam 5, and prints sacreBLEU of seqkit and CTranslate2 side by side. Ratios are printed last.
@@ -38,7 +39,7 @@ THREADS = 2
 
 
 def build_model(directory: Path) -> Path:
-    """An untrained Transformer of the Multi30k recipe's size with a Multi30k tokenizer."""
+    """An untrained Transformer of the d_model 256 Multi30k size with a Multi30k tokenizer."""
     from seqkit.data.sources import read_lines
     from seqkit.data.tokenizer import Tokenizers
     from seqkit.models import TransformerConfig, build_model
@@ -162,6 +163,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--no-hf", action="store_true", help="leave Hugging Face out")
     parser.add_argument(
+        "--compute-types", nargs="+", default=["float32", "int8", "bfloat16"],
+        choices=["float32", "int8", "bfloat16"],
+        help="seqkit's compute types to run (float32 always runs: the ratios need it)",
+    )  # fmt: skip
+    parser.add_argument(
         "--natural-only", action="store_true", help="with --model: only the natural-length run"
     )
     return parser.parse_args(argv)
@@ -186,10 +192,9 @@ def main() -> None:
     data = batches(tokenizers.encode_source(sources), args.batch)
     results = {}
     for beam in [] if args.natural_only and args.model else args.beams:
-        systems = {
-            "seqkit float32": seqkit_system(model, "float32", beam, args.length),
-            "seqkit int8": seqkit_system(model, "int8", beam, args.length),
-            "seqkit bfloat16": seqkit_system(model, "bfloat16", beam, args.length),
+        compute_types = ["float32", *(c for c in args.compute_types if c != "float32")]
+        systems = {f"seqkit {c}": seqkit_system(model, c, beam, args.length) for c in compute_types}
+        systems |= {
             "CTranslate2 float32": ct2_system(exports["float32"], vocab, beam, args.length),
             "CTranslate2 int8": ct2_system(exports["int8"], vocab, beam, args.length),
         }
@@ -204,7 +209,7 @@ def main() -> None:
         natural_length(model, exports["float32"], args)
     print("\nratios (sentences/s over sentences/s):")
     for beam, r in results.items():
-        best = max(r["seqkit int8"], r["seqkit bfloat16"], r["seqkit float32"])
+        best = max(rate for name, rate in r.items() if name.startswith("seqkit"))
         line = (f"  beam {beam}: seqkit float32 / CTranslate2 float32 "
                 f"{r['seqkit float32'] / r['CTranslate2 float32']:.2f}, fastest seqkit / "
                 f"CTranslate2 float32 {best / r['CTranslate2 float32']:.2f}, / CTranslate2 int8 "
