@@ -25,3 +25,13 @@ def multi30k() -> Path:
     if not (path / "train.en.gz").exists():
         pytest.skip(f"Multi30k not found at {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The module's tests on one torch thread (`tiny_models.one_thread`); a module asks for it
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    from tiny_models import one_thread  # here, not at the top: it imports seqkit
+
+    with one_thread():
+        yield

@@ -24,6 +24,8 @@ from seqkit.decoding import beam_search, greedy
 from seqkit.models import ImageModelConfig, ImageSource, ModelConfig, build_model
 from seqkit.tokens import BOS, EOS, PAD
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Tiny sizes for the fields that have them; a field not named here keeps its default.
 TINY = dict(d_model=16, n_heads=2, d_ff=32, n_encoder_layers=2, n_decoder_layers=2, n_layers=2,
             hidden_size=12, embed_dim=8, max_positions=32, patch_size=4, src_vocab_size=23,
@@ -112,16 +114,6 @@ CLASSIFIERS = [
     for cls in typing.get_args(ImageModelConfig)
     for config in all_pairs(cls, None)
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and lose much when other processes share the
-    two cores (OpenMP workers spin waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(config, source: ImageSource | None = None, seed: int = 0):

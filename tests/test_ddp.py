@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_fit import LONG, MAX_EPOCHS, MEDIUM, SHORT, make_data, make_trainer, write_data
+from tiny_models import one_thread
 
 from seqkit.data.batching import TokenBatchSampler
 from seqkit.lit.cli import load_checkpoint
@@ -57,15 +58,11 @@ def score_in_one_process(root: Path) -> dict[str, dict[str, float]]:
     """Validate and test the DDP run's checkpoint with devices=1, on one thread as the ranks."""
     model, data = load_checkpoint(root / "out" / "model.ckpt"), make_data(root)
     trainer = make_trainer(root, [], devices=1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thread count can change the last bit of a sum, then an argmax
-    try:
+    with one_thread():  # thread count can change the last bit of a sum, then an argmax
         trainer.validate(model, data, verbose=False)
         metrics = {"validate": dict(trainer.callback_metrics)}
         trainer.test(model, data, verbose=False)
         metrics["test"] = dict(trainer.callback_metrics)
-    finally:
-        torch.set_num_threads(threads)
     return {stage: {k: float(v) for k, v in m.items()} for stage, m in metrics.items()}
 
 

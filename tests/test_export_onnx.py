@@ -25,6 +25,8 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 from seqkit.export.onnx import META_FILE, OnnxTranslator, export_onnx
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PAIRS = [(num2words(n, lang="en"), num2words(n, lang="de")) for n in range(0, 400, 3)]
 TEXTS = ["seven", "three hundred ninety-one", "", "twelve", "one hundred and four",
          "two hundred", "sixty-six", "nine hundred ninety-nine"]  # fmt: skip
@@ -74,14 +76,6 @@ def varied(net: torch.nn.Module) -> torch.nn.Module:
         w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-3)).mul_(4)
         w[EOS] *= 2.0
     return net.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices on a shared machine: threads cost more
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from seqkit.sampling import SamplingConfig, filter_logprobs, sample
 from seqkit.tokens import BOS, EOS, PAD
 from seqkit.translator import Translator, one_line
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SENTENCE = "the cat sat on the mat."
 WORDS = [SENTENCE, "a dog ran far away", "twelve", "seven hundred", "forty-two"] * 10
 LMS = {
@@ -32,15 +34,6 @@ LMS = {
     "windowed": TransformerLMConfig(d_model=16, n_heads=2, n_layers=1, d_ff=32, dropout=0.0,
                                     max_positions=8, context=3),
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads add only overhead, and spin on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

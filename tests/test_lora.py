@@ -34,6 +34,7 @@ from seqkit.models import RNNConfig, build_model
 from seqkit.tokens import BOS, PAD
 
 pytest.importorskip("peft")
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 RANK = 4
 
@@ -84,14 +85,9 @@ def train(net: torch.nn.Module, tokenizers: Tokenizers, steps: int = 8) -> None:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads cost more than they give (most of all on a busy machine); and
-    the adapters' A matrices start from a seeded draw."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def seeded() -> None:
+    """The adapters' A matrices start from a seeded draw."""
     torch.manual_seed(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def base_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:

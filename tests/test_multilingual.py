@@ -20,18 +20,11 @@ from seqkit.models import TransformerConfig, build_model
 from seqkit.tokens import BOS, PAD
 from seqkit.translator import Translator
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NUMBERS = list(range(1, 150, 4))
 WORDS = {lang: [num2words(n, lang=lang) for n in NUMBERS] for lang in ("en", "de", "fr")}
 SPLITS = {"train": "train", "val": "val", "test": "test"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: threads cost more than they give (as in tests/tiny_models.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

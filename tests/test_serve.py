@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from num2words import num2words
+from tiny_models import one_thread
 
 from seqkit.decoding import DecodingConfig
 from seqkit.serve import NEEDS_EXTRA, Batcher, main
@@ -58,12 +59,8 @@ def translator(model_dir) -> Translator:
 @pytest.fixture(scope="module")
 def alone(translator) -> dict[str, list[str]]:
     """Each line of LINES translated on its own, in process, on one thread like the server."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return {line: translator.translate([line]) for line in LINES}
-    finally:
-        torch.set_num_threads(threads)
 
 
 def free_port() -> int:

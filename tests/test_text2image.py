@@ -28,15 +28,9 @@ from seqkit.models.text2image import OFFSET, ImageTokens, TextToImageConfig
 from seqkit.sampling import SamplingConfig
 from seqkit.tokens import BOS, EOS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LANGS = ("en", "de")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,8 @@
 """Tiny trained models that tests share (not a test module: pytest collects test_*.py)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from num2words import num2words
@@ -15,6 +18,19 @@ PAIRS = [(num2words(n, lang="en"), num2words(n, lang="de")) for n in range(0, 40
 GREEDY = DecodingConfig(beam_size=1)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread inside the block: tiny matrices gain nothing from threads
+    and lose much when other processes share the cores (OpenMP workers spin waiting for each
+    other); and one thread count everywhere keeps the last bit of every sum alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def trained(tokenizers: Tokenizers, pairs: list[tuple[str, str]], steps: int, **options):
     """A tiny Transformer after `steps` full-batch Adam steps on `pairs`: its outputs depend on
     the source and end with EOS at varied lengths (an untrained one repeats one token)."""
@@ -28,14 +44,10 @@ def trained(tokenizers: Tokenizers, pairs: list[tuple[str, str]], steps: int, **
     tgt = pad(tokenizers.encode_target([t for _, t in pairs]))
     tgt_in = torch.cat([torch.full((len(pairs), 1), BOS), tgt[:, :-1]], dim=1)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads cost more than they give
-    try:
+    with one_thread():
         for _ in range(steps):
             loss = F.cross_entropy(net(src, tgt_in).transpose(1, 2), tgt, ignore_index=PAD)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
     return Translator(net.eval(), tokenizers, GREEDY)
