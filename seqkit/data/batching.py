@@ -321,6 +321,12 @@ class ResumableBatches:
             sampler.resume(resumed["epoch"], layouts[:-1], layouts[-1].start)
 
 
+def whole_batch(batch: Batch) -> Batch:
+    """A collate function for datasets that build whole batches (`dataset[indices]` or
+    `__getitems__`): the batch as it is."""
+    return batch
+
+
 def token_loader(
     module: Any,
     dataset: Dataset,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from seqkit.data.batching import whole_batch
 from seqkit.data.images import (
     ImagePool,
     check_split_sizes,
@@ -66,19 +68,13 @@ class _Split(Dataset):
         return {key: value[0] for key, value in self.__getitems__([row]).items()}
 
 
-def _batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    return batch  # `__getitems__` already made the batch
-
-
 class TrainPixelStats:
     """`mean` and `std` of the train split's pixels in [0, 1], per channel, set when the data
     loads (`_ensure_loaded`) and kept in checkpoints (`state_dict`), so that a resumed run
     normalizes as the first one did."""
 
     _stats: tuple[list[float], list[float]] | None = None
-
-    def _ensure_loaded(self) -> None:
-        raise NotImplementedError
+    _ensure_loaded: Callable[[], None]  # the data module's: loads the images, sets `_stats`
 
     @property
     def mean(self) -> list[float]:
@@ -257,7 +253,7 @@ class ImageData(TrainPixelStats, L.LightningDataModule):
             split,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=_batch,
+            collate_fn=whole_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -15,21 +14,14 @@ from num2words import num2words
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from seqkit.data.batching import Repeat, ResumableBatches, pad, token_loader
-from seqkit.data.images import (
-    ImagePool,
-    check_split_sizes,
-    load_digit_pools,
-    pixel_stats,
-    shift_images,
-)
+from seqkit.data.batching import Repeat, pad
+from seqkit.data.digit_pools import STAGES, DigitPoolData
+from seqkit.data.images import ImagePool, pixel_stats, shift_images
 from seqkit.data.inputs import ModelInputs
 from seqkit.data.patches import TrainPixelStats
 from seqkit.data.tokenizer import BOS, Tokenizers
 from seqkit.errors import DataError
 from seqkit.models.patches import ImageSource, check_divisible, image_sequence, normalize
-
-STAGES = ("train", "val", "test")
 
 
 @cache
@@ -99,11 +91,7 @@ class _Strips(Dataset):
         }
 
 
-def _batch(batch: dict[str, Any]) -> dict[str, Any]:
-    return batch  # `_Strips.__getitem__` already made the batch
-
-
-class DigitStripData(TrainPixelStats, ResumableBatches, L.LightningDataModule):
+class DigitStripData(TrainPixelStats, DigitPoolData):
     """Strips of `min_digits`..`max_digits` digit images side by side (the first digit never
     0), each with its number in English words as the target: a seq2seq source of image patches
     {"src": (B, N, C*p*p), "src_mask": (B, N)} in reading order (see `image_sequence`),
@@ -134,6 +122,8 @@ class DigitStripData(TrainPixelStats, ResumableBatches, L.LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
+    purpose = "digit strips"  # named in errors
+
     def __init__(
         self,
         path: str = "digits",
@@ -155,39 +145,19 @@ class DigitStripData(TrainPixelStats, ResumableBatches, L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_split_sizes(val_images=val_images, test_images=test_images)
-        if not 1 <= min_digits <= max_digits <= 6:
-            raise ValueError(f"need 1 <= min_digits <= max_digits <= 6, got "
-                             f"{min_digits}, {max_digits}")  # fmt: skip
-        if min(n_train, n_val, n_test) < 1:
-            raise ValueError(f"every split needs a strip, got {n_train}, {n_val}, {n_test}")
-        self.path, self.patch_size, self.seed = str(path), patch_size, seed
-        self.augment = augment
+        self._take_options(path=path, sizes=(n_train, n_val, n_test),
+                           digits=(min_digits, max_digits), most_digits=6,
+                           val_images=val_images, test_images=test_images, seed=seed,
+                           max_tokens=max_tokens, eval_max_tokens=eval_max_tokens,
+                           num_workers=num_workers)  # fmt: skip
+        self.patch_size, self.augment = patch_size, augment
         self._offsets: tuple[int, Tensor] | None = None  # (epoch, shifts of every digit)
-        self.sizes = dict(zip(STAGES, (n_train, n_val, n_test), strict=True))
-        self.min_digits, self.max_digits = min_digits, max_digits
-        self.val_images, self.test_images = val_images, test_images
         self.vocab_size, self.tokenizer_dir = vocab_size, tokenizer
-        self.max_tokens, self.eval_max_tokens = max_tokens, eval_max_tokens or max_tokens
-        self.num_workers = num_workers
-        self._pool: ImagePool | None = None
         self.strips: dict[str, tuple[np.ndarray, list[int]]] = {}
         self._tokenizers: Tokenizers | None = None
         self._stats: tuple[list[float], list[float]] | None = None
-        self._datasets: dict[str, _Strips] = {}
 
-    @property
-    def pool(self) -> ImagePool:
-        """The digit images, split into pools and drawn into strips on first use."""
-        self._ensure_loaded()
-        assert self._pool is not None
-        return self._pool
-
-    def _ensure_loaded(self) -> None:
-        if self._pool is not None:
-            return
-        pool, pools = load_digit_pools(self.path, self.val_images, self.test_images, self.seed,
-                                       "digit strips")  # fmt: skip
+    def _draw(self, pool: ImagePool, pools: dict[str, np.ndarray]) -> None:
         check_divisible(pool.images.shape[2:], self.patch_size, f"{self.path} images")
         labels = pool.labels.numpy()
         for i, stage in enumerate(STAGES):
@@ -196,7 +166,9 @@ class DigitStripData(TrainPixelStats, ResumableBatches, L.LightningDataModule):
                                              seed=self.seed * 3 + i)  # fmt: skip
         if self._stats is None:  # else restored from a checkpoint
             self._stats = pixel_stats(pool.images[torch.from_numpy(pools["train"])])
-        self._pool = pool
+
+    def _dataset(self, stage: str) -> _Strips:
+        return _Strips(self, stage)
 
     @property
     def tokenizers(self) -> Tokenizers:
@@ -239,28 +211,7 @@ class DigitStripData(TrainPixelStats, ResumableBatches, L.LightningDataModule):
 
     def strip_images(self, stage: str, indices: list[int]) -> list[Tensor]:
         """The uint8 strips (C, H, k*W) of a split, e.g. to save or to `predict` on."""
-        rows, _ = self.strips_of(stage)
-        images = self.pool.images
-        return [torch.cat([images[r] for r in rows[i] if r >= 0], dim=-1) for i in indices]
-
-    def setup(self, stage: str | None = None) -> None:
-        for name in STAGES:
-            if name not in self._datasets:
-                self._datasets[name] = _Strips(self, name)
-
-    def _loader(self, stage: str, max_tokens: int) -> DataLoader:
-        self.setup()
-        data = self._datasets[stage]
-        return token_loader(self, data, data.lengths, max_tokens, stage == "train", _batch)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.max_tokens)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_max_tokens)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_max_tokens)
+        return self.side_by_side(self.strips_of(stage)[0], indices)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_max_tokens)

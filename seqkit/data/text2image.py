@@ -8,23 +8,22 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from num2words import num2words
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from seqkit.codebook import PatchCodebook
-from seqkit.data.batching import Repeat, ResumableBatches, pad, token_loader
-from seqkit.data.images import ImagePool, check_split_sizes, load_digit_pools
+from seqkit.data.batching import Repeat, pad
+from seqkit.data.digit_pools import STAGES, DigitPoolData
+from seqkit.data.images import ImagePool
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.errors import DataError
 from seqkit.image_generator import prompt_words
 from seqkit.models.text2image import OFFSET
 from seqkit.tokens import BOS, EOS, PAD
 
-STAGES = ("train", "val", "test")
 LANGUAGES = ("en", "de")
 
 
@@ -126,11 +125,7 @@ class _Pairs(Dataset):
         }
 
 
-def _batch(batch: dict[str, Any]) -> dict[str, Any]:
-    return batch  # `_Pairs.__getitem__` already made the batch
-
-
-class TextToImageData(ResumableBatches, L.LightningDataModule):
+class TextToImageData(DigitPoolData):
     """Prompts naming numbers in words, each paired with an image of the number's digits side
     by side, written as codebook tokens: {"src": (B, S) prompt ids, "src_mask", "tgt_in",
     "tgt_out": (B, T) codebook tokens + `OFFSET`, cells left to right, each in raster order,
@@ -161,6 +156,8 @@ class TextToImageData(ResumableBatches, L.LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
+    purpose = "text to image"  # named in errors
+
     def __init__(
         self,
         path: str = "digits",
@@ -182,12 +179,11 @@ class TextToImageData(ResumableBatches, L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_split_sizes(val_images=val_images, test_images=test_images)
-        if not 1 <= min_digits <= max_digits <= 4:
-            raise ValueError(f"need 1 <= min_digits <= max_digits <= 4, got "
-                             f"{min_digits}, {max_digits}")  # fmt: skip
-        if min(n_train, n_val, n_test) < 1:
-            raise ValueError(f"every split needs a pair, got {n_train}, {n_val}, {n_test}")
+        self._take_options(path=path, sizes=(n_train, n_val, n_test),
+                           digits=(min_digits, max_digits), most_digits=4,
+                           val_images=val_images, test_images=test_images, seed=seed,
+                           max_tokens=max_tokens, eval_max_tokens=eval_max_tokens,
+                           num_workers=num_workers)  # fmt: skip
         if not languages:
             raise ValueError("languages: give at least one, e.g. [en, de]")
         for lang in languages:
@@ -195,33 +191,16 @@ class TextToImageData(ResumableBatches, L.LightningDataModule):
                 number_prompt(7, lang)
             except NotImplementedError:
                 raise ValueError(f"languages: num2words has no language {lang!r}") from None
-        self.path, self.languages, self.seed = str(path), tuple(languages), seed
-        self.sizes = dict(zip(STAGES, (n_train, n_val, n_test), strict=True))
-        self.min_digits, self.max_digits = min_digits, max_digits
+        self.languages = tuple(languages)
         self.patch_size, self.codebook_size = patch_size, codebook_size
-        self.val_images, self.test_images = val_images, test_images
-        self.vocab_size, self.num_workers = vocab_size, num_workers
-        self.max_tokens, self.eval_max_tokens = max_tokens, eval_max_tokens or max_tokens
-        self._pool: ImagePool | None = None
+        self.vocab_size = vocab_size
         self.pairs: dict[str, tuple[list[int], np.ndarray, list[str]]] = {}
         self._codebook: PatchCodebook | None = None
         self._codes: torch.Tensor | None = None
         self._pools: dict[str, np.ndarray] = {}
         self._tokenizers: Tokenizers | None = None
-        self._datasets: dict[str, _Pairs] = {}
 
-    @property
-    def pool(self) -> ImagePool:
-        """The digit images; split into pools and drawn into pairs on first use."""
-        self._ensure_loaded()
-        assert self._pool is not None
-        return self._pool
-
-    def _ensure_loaded(self) -> None:
-        if self._pool is not None:
-            return
-        pool, pools = load_digit_pools(self.path, self.val_images, self.test_images, self.seed,
-                                       "text to image")  # fmt: skip
+    def _draw(self, pool: ImagePool, pools: dict[str, np.ndarray]) -> None:
         labels = pool.labels.numpy()
         for i, stage in enumerate(STAGES):
             # One generator drawn in turn: generators seeded alike would tie the language
@@ -232,7 +211,10 @@ class TextToImageData(ResumableBatches, L.LightningDataModule):
             rows = draw_images(labels, pools[stage], digits, rng)
             langs = [self.languages[j] for j in rng.integers(len(self.languages), size=n)]
             self.pairs[stage] = (numbers, rows, langs)
-        self._pool, self._pools = pool, pools
+        self._pools = pools
+
+    def _dataset(self, stage: str) -> _Pairs:
+        return _Pairs(self, stage)
 
     def pool_rows(self, stage: str) -> np.ndarray:
         """The rows of `pool.images` in a split's pool of digit images ("train", "val",
@@ -285,27 +267,4 @@ class TextToImageData(ResumableBatches, L.LightningDataModule):
 
     def images_of(self, stage: str, indices: list[int]) -> list[torch.Tensor]:
         """The uint8 images (C, H, k*W) of a split's pairs, digits side by side."""
-        self._ensure_loaded()
-        rows = self.pairs_of(stage)[1]
-        return [torch.cat([self.pool.images[r] for r in rows[i] if r >= 0], dim=-1)
-                for i in indices]  # fmt: skip
-
-    def setup(self, stage: str | None = None) -> None:
-        for name in STAGES:
-            if name not in self._datasets:
-                self._ensure_loaded()
-                self._datasets[name] = _Pairs(self, name)
-
-    def _loader(self, stage: str, max_tokens: int) -> DataLoader:
-        self.setup()
-        data = self._datasets[stage]
-        return token_loader(self, data, data.lengths, max_tokens, stage == "train", _batch)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.max_tokens)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_max_tokens)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_max_tokens)
+        return self.side_by_side(self.pairs_of(stage)[1], indices)
