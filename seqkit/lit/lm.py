@@ -3,24 +3,21 @@ the recurrent ones; inference and model directories belong to `TextGenerator`.""
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 
-import lightning as L
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 from torchmetrics import SumMetric
 
-from seqkit.card import checkpoint_provenance, data_provenance
 from seqkit.data.inputs import ModelInputs
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.generator import TextGenerator
 from seqkit.lit.loss import label_smoothed_nll
 from seqkit.lit.nonfinite import NonFiniteGuard
-from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw, rescale_learning_rate
-from seqkit.lit.precision import warn_if_slow_bf16
+from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw
+from seqkit.lit.pairing import PairsWithData
 from seqkit.models import (
     LMConfig,
     RNNLMConfig,
@@ -31,7 +28,7 @@ from seqkit.models import (
 from seqkit.models import config_to_dict as model_config_to_dict
 
 
-class LanguageModel(L.LightningModule):
+class LanguageModel(PairsWithData):
     """Next-token prediction with cross-entropy and AdamW; validation and test report
     perplexity per token (`ppl`), per character of text (`ppl_char`, comparable across
     tokenizers) and bits per character (`bpc`), over non-overlapping windows each read afresh.
@@ -92,14 +89,13 @@ class LanguageModel(L.LightningModule):
         self.nll, self.tokens, self.chars = SumMetric(), SumMetric(), SumMetric()
 
     def _update_hparams(self) -> None:
-        self.hparams.update({
+        self._set_hparams({
             "config": model_config_to_dict(self.config),
             "optimizer": asdict(self.optim_config),
             "tbptt_steps": self.tbptt_steps,
             "gradient_clip_val": self.gradient_clip_val,
             "nonfinite_patience": self.guard.patience,
         })  # fmt: skip
-        self._hparams_initial = copy.deepcopy(self._hparams)
 
     @property
     def generator(self) -> TextGenerator:
@@ -109,11 +105,6 @@ class LanguageModel(L.LightningModule):
         return TextGenerator(self.net, self.tokenizers, self.provenance)
 
     # -- pairing with the data ----------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None)
-        if hasattr(data, "model_inputs"):
-            self.use_inputs(data.model_inputs())
-
     def use_inputs(self, inputs: ModelInputs) -> None:
         """Take the tokenizer and window length a data module hands over.
 
@@ -146,23 +137,15 @@ class LanguageModel(L.LightningModule):
         if self.net is None and self.config.vocab_size:
             self.net = build_model(self.config)
 
-    def on_fit_start(self) -> None:
-        warn_if_slow_bf16(self.trainer.precision, self.device)
-        data = getattr(self.trainer, "datamodule", None)
-        if data is not None:
-            self.provenance["data"] = data_provenance(data.hparams, type(data).__name__)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizers is not None:
             checkpoint["tokenizers"] = self.tokenizers.to_dict()
-        checkpoint["provenance"] = {**self.provenance, "steps": self.trainer.global_step}
+        self._save_provenance(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizers" in checkpoint:
             self.use_inputs(ModelInputs(Tokenizers.from_dict(checkpoint["tokenizers"])))
-        self.configure_model()
-        self.provenance = checkpoint_provenance(checkpoint)
-        rescale_learning_rate(checkpoint, self.optim_config.lr)
+        self._finish_loading(checkpoint)
 
     # -- training -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:
@@ -206,12 +189,6 @@ class LanguageModel(L.LightningModule):
         self.nll.update(nll * n)
         self.tokens.update(n)
         self.chars.update(batch["chars"].sum())
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
 
     def _log_scores(self, stage: str) -> None:
         nll, tokens, chars = self.nll.compute(), self.tokens.compute(), self.chars.compute()

@@ -3,19 +3,16 @@ belong to `Translator`."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Literal
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from seqkit import lora as adapters
-from seqkit.card import checkpoint_provenance, data_provenance
 from seqkit.data.inputs import ModelInputs
 from seqkit.data.tags import target_languages
 from seqkit.data.tokenizer import Tokenizers
@@ -28,9 +25,8 @@ from seqkit.lit.optim import (
     OptimizerConfig,
     as_config,
     configure_adamw,
-    rescale_learning_rate,
 )
-from seqkit.lit.precision import warn_if_slow_bf16
+from seqkit.lit.pairing import PairsWithData
 from seqkit.lora import LoraConfig
 from seqkit.metrics import translation_scores
 from seqkit.models import (
@@ -46,7 +42,7 @@ from seqkit.models.source import check_source_sizes, source_sizes_known
 from seqkit.translator import Translator
 
 
-class Seq2Seq(L.LightningModule):
+class Seq2Seq(PairsWithData):
     """Sequence-to-sequence training with label-smoothed cross-entropy, AdamW and warm-up,
     validation sacreBLEU/chrF from greedy decoding and beam search at test time.
 
@@ -116,9 +112,8 @@ class Seq2Seq(L.LightningModule):
         self._outputs: list[tuple[int, str, str, int]] = []  # index, hyp, ref, first src id
 
     def _update_hparams(self) -> None:
-        self.hparams.update(self._plain_hparams())
         # Loggers (W&B, TensorBoard) record this snapshot: fields, not a dataclass repr.
-        self._hparams_initial = copy.deepcopy(self._hparams)
+        self._set_hparams(self._plain_hparams())
 
     def _plain_hparams(self) -> dict:
         """Plain data only, so checkpoints load with `torch.load(weights_only=True)`."""
@@ -144,11 +139,6 @@ class Seq2Seq(L.LightningModule):
                           self.provenance)  # fmt: skip
 
     # -- pairing with the data: the data module hands over, the model takes ----------------
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None)
-        if hasattr(data, "model_inputs"):
-            self.use_inputs(data.model_inputs())
-
     def use_inputs(self, inputs: ModelInputs) -> None:
         """Take the tokenizer, image source and longest sequence a data module hands over.
 
@@ -210,10 +200,8 @@ class Seq2Seq(L.LightningModule):
             check_source_sizes(self.config)  # raises: fitting needs the sizes
 
     def on_fit_start(self) -> None:
-        warn_if_slow_bf16(self.trainer.precision, self.device)
+        super().on_fit_start()
         data = getattr(self.trainer, "datamodule", None)
-        if data is not None:
-            self.provenance["data"] = data_provenance(data.hparams, type(data).__name__)
         if hasattr(data, "tokens_per_word") and "train" in getattr(data, "splits", {}):
             if self.init_from:  # what the model's tokenizer does to the new data
                 finetune.report_fertility(self.init_from, data)
@@ -225,7 +213,7 @@ class Seq2Seq(L.LightningModule):
             checkpoint["tokenizers"] = self.tokenizers.to_dict()
         source = self.image_source
         checkpoint["image_source"] = source.to_dict() if source is not None else None
-        checkpoint["provenance"] = {**self.provenance, "steps": self.trainer.global_step}
+        self._save_provenance(checkpoint)
         checkpoint["lora"] = adapters.to_dict(self.lora) if self.lora is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -235,12 +223,10 @@ class Seq2Seq(L.LightningModule):
         if checkpoint.get("image_source"):  # older checkpoints: sizes in the config
             data = {**self._legacy_source, **checkpoint["image_source"]}
             self.image_source = ImageSource.from_dict(data, "checkpoint image_source")
-        self.configure_model()
+        self._finish_loading(checkpoint)
         if checkpoint.get("lora") and self.net is not None and not adapters.is_adapted(self.net):
             self.lora = as_config(LoraConfig, checkpoint["lora"])  # the same adapters, to fill
             self.net = adapters.apply_lora(self.net, self.lora)
-        self.provenance = checkpoint_provenance(checkpoint)
-        rescale_learning_rate(checkpoint, self.optim_config.lr)  # resuming with another lr
 
     # -- training and evaluation ----------------------------------------------------------
     def configure_optimizers(self) -> dict:
@@ -277,9 +263,6 @@ class Seq2Seq(L.LightningModule):
         firsts = [-1] * len(hyps) if src.is_floating_point() else src[:, 0].tolist()
         self._outputs += zip(batch["index"].tolist(), hyps, batch["tgt_text"], firsts, strict=True)
         return loss
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
 
     def on_test_epoch_end(self) -> None:
         scores = self._log_scores("test")

@@ -4,7 +4,6 @@ the codebook tokens of the image, teacher-forced); inference and model directori
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,21 +14,20 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from seqkit.card import checkpoint_provenance, data_provenance
 from seqkit.codebook import PatchCodebook
 from seqkit.data.text2image import TextToImageInputs
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.image_generator import ImageGenerator, image_grid, prompt_words, save_png
 from seqkit.lit.loss import label_smoothed_nll
 from seqkit.lit.nonfinite import NonFiniteGuard
-from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw, rescale_learning_rate
-from seqkit.lit.precision import warn_if_slow_bf16
+from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw
+from seqkit.lit.pairing import PairsWithData
 from seqkit.models import ModelConfig, build_model, config_from_dict, config_to_dict
 from seqkit.models.text2image import OFFSET, TextToImageConfig
 from seqkit.sampling import SamplingConfig
 
 
-class TextToImage(L.LightningModule):
+class TextToImage(PairsWithData):
     """Text to image with label-smoothed cross-entropy over image tokens, AdamW and warm-up;
     validation and test report the loss and perplexity per image token and the share of
     image tokens predicted right (teacher-forced, greedy per token).
@@ -69,14 +67,13 @@ class TextToImage(L.LightningModule):
         self.eval_loss, self.eval_nll, self.eval_acc = MeanMetric(), MeanMetric(), MeanMetric()
 
     def _update_hparams(self) -> None:
-        self.hparams.update({
+        self._set_hparams({
             "config": config_to_dict(self.config),
             "optimizer": asdict(self.optim_config),
             "sampling": asdict(self.sampling),
             "label_smoothing": self.label_smoothing,
             "nonfinite_patience": self.guard.patience,
         })  # fmt: skip
-        self._hparams_initial = copy.deepcopy(self._hparams)
 
     @property
     def generator(self) -> ImageGenerator:
@@ -88,11 +85,6 @@ class TextToImage(L.LightningModule):
                               self.sampling, self.provenance)  # fmt: skip
 
     # -- pairing with the data ------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        data = getattr(self.trainer, "datamodule", None)
-        if hasattr(data, "model_inputs"):
-            self.use_inputs(data.model_inputs())
-
     def use_inputs(self, inputs: TextToImageInputs) -> None:
         """Take the tokenizer, codebook and prompt words a data module hands over.
 
@@ -128,12 +120,6 @@ class TextToImage(L.LightningModule):
         if self.net is None and self.config.src_vocab_size and self.config.tgt_vocab_size:
             self.net = build_model(self.config)
 
-    def on_fit_start(self) -> None:
-        warn_if_slow_bf16(self.trainer.precision, self.device)
-        data = getattr(self.trainer, "datamodule", None)
-        if data is not None:
-            self.provenance["data"] = data_provenance(data.hparams, type(data).__name__)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.inputs is not None:
             i = self.inputs
@@ -142,7 +128,7 @@ class TextToImage(L.LightningModule):
                 "max_cells": i.max_cells, "centroids": i.codebook.centroids,
                 "codebook": i.codebook.to_dict(),
             }  # fmt: skip
-        checkpoint["provenance"] = {**self.provenance, "steps": self.trainer.global_step}
+        self._save_provenance(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if saved := checkpoint.get("text2image"):
@@ -154,9 +140,7 @@ class TextToImage(L.LightningModule):
                                        saved["max_cells"])  # fmt: skip
             self.inputs = None
             self.use_inputs(inputs)
-        self.configure_model()
-        self.provenance = checkpoint_provenance(checkpoint)
-        rescale_learning_rate(checkpoint, self.optim_config.lr)
+        self._finish_loading(checkpoint)
 
     # -- training and evaluation ------------------------------------------------------------
     def configure_optimizers(self) -> dict:
@@ -188,12 +172,6 @@ class TextToImage(L.LightningModule):
         self.eval_nll.update(nll, n_tokens)
         self.eval_acc.update(right, n_tokens)
         return loss
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_scores("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_scores("test")
 
     def _log_scores(self, stage: str) -> None:
         self.log(f"{stage}/loss", self.eval_loss.compute(), prog_bar=True, sync_dist=True)
