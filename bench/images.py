@@ -17,12 +17,12 @@ import argparse
 import csv
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from fit_run import run_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("vit-digits", "vit-mnist", "lstm-mnist", "transformer-mnist-numbers")
@@ -30,19 +30,7 @@ RECIPES = ("vit-digits", "vit-mnist", "lstm-mnist", "transformer-mnist-numbers")
 
 def fit(recipe: Path, run_dir: Path) -> tuple[Path, dict]:
     """Run `seqkit fit`; return the exported model and the figures its logs hold."""
-    command = [
-        *(sys.executable, "-m", "seqkit.cli", "fit", "--config", str(recipe)),
-        f"--trainer.default_root_dir={run_dir}",
-        "--trainer.enable_progress_bar=false",
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    log = run_dir / "fit.log"
-    log.write_text(f"{result.stdout}{result.stderr}\nwall time {wall:.0f} s\n")
-    if result.returncode:
-        sys.exit(f"seqkit fit failed, see {log}:\n{result.stderr[-2000:]}")
-    model = Path(re.search(r"model written to (\S+)", result.stdout).group(1))
+    model, wall, output = run_fit(["--config", str(recipe)], run_dir)
     rows = list(csv.DictReader((model.parent / "metrics.csv").open()))
     figures = {"wall_min": wall / 60, "steps": max(int(r["step"]) for r in rows if r["step"])}
     for key in ("test/accuracy", "test/exact_match", "test/bleu"):
@@ -52,7 +40,7 @@ def fit(recipe: Path, run_dir: Path) -> tuple[Path, dict]:
     rates = [float(r["train/images_per_sec"]) for r in rows if r.get("train/images_per_sec")]
     if rates:  # the Classifier logs images/s; a seq2seq run prints its pairs/s
         figures["train_images_per_sec"] = sum(rates) / len(rates)
-    elif pairs := re.search(r"([\d,.]+) pairs/s", result.stdout):
+    elif pairs := re.search(r"([\d,.]+) pairs/s", output):
         figures["train_images_per_sec"] = float(pairs.group(1).replace(",", ""))
     return model, figures
 

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from fit_run import run_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTILINGUAL = ROOT / "recipes/transformer-multi30k-multilingual.yaml"
@@ -33,22 +31,12 @@ SINGLE = ROOT / "recipes/transformer-multi30k-15min.yaml"
 def fit(recipe: Path, run_dir: Path, data_flags: list[str], args: argparse.Namespace) -> Path:
     """Run `seqkit fit` on `recipe` for `args.minutes`; return the exported model directory.
     The log goes to RUN_DIR/fit.log."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", "seqkit.cli", "fit", "--config", str(recipe),
-        f"--data.path={args.data.resolve()}", *data_flags,
+    options = [
+        "--config", str(recipe), f"--data.path={args.data.resolve()}", *data_flags,
         f"--trainer.max_time=00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00",
-        f"--trainer.default_root_dir={run_dir}",
-        "--trainer.enable_progress_bar=false", *args.overrides,
+        *args.overrides,
     ]  # fmt: skip
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    log = run_dir / "fit.log"
-    log.write_text(f"{result.stdout}{result.stderr}\nwall time {wall:.0f} s\n")
-    if result.returncode:
-        sys.exit(f"seqkit fit failed, see {log}:\n{result.stderr[-2000:]}")
-    return Path(re.search(r"model written to (\S+)", result.stdout).group(1))
+    return run_fit(options, run_dir)[0]
 
 
 def score(model_dir: Path, lang: str, args: argparse.Namespace, tagged: bool) -> dict:

@@ -21,26 +21,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from fit_run import run_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("old-tokenizer", "extend-vocab", "scratch")
 SPLITS = "--data.splits={train: train, val: val, test: test_2016_flickr}"
 
 
-def fit_command(row: str, args: argparse.Namespace) -> list[str]:
-    """The `seqkit fit` command line of one row."""
+def fit_options(row: str, args: argparse.Namespace) -> list[str]:
+    """The `seqkit fit` options of one row."""
     recipe = args.scratch_recipe if row == "scratch" else ROOT / "recipes/finetune.yaml"
-    command = [sys.executable, "-m", "seqkit.cli", "fit", "--config", str(recipe),
-               f"--data.path={args.data.resolve()}", "--data.src_lang=en", "--data.tgt_lang=fr",
+    command = ["--config", str(recipe), f"--data.path={args.data.resolve()}",
+               "--data.src_lang=en", "--data.tgt_lang=fr",
                f"--trainer.max_time=00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00",
-               f"--trainer.max_steps={args.steps or -1}",
-               f"--trainer.default_root_dir={args.run_dir / row}",
-               "--trainer.enable_progress_bar=false"]  # fmt: skip
+               f"--trainer.max_steps={args.steps or -1}"]  # fmt: skip
     if row != "scratch":
         command += [f"--model.init_args.init_from={args.model}", "--data.held_out=0", SPLITS,
                     f"--model.init_args.optimizer.lr={args.finetune_lr}"]  # fmt: skip
@@ -51,15 +47,8 @@ def fit_command(row: str, args: argparse.Namespace) -> list[str]:
 
 def fit(row: str, args: argparse.Namespace) -> tuple[Path, float]:
     """Train one row: its exported model directory and wall seconds; the log beside it."""
-    start = time.perf_counter()
-    result = subprocess.run(fit_command(row, args), capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    log = args.run_dir / row / "fit.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(result.stdout + result.stderr)
-    if result.returncode:
-        sys.exit(f"seqkit fit ({row}) failed, see {log}:\n{result.stderr[-2000:]}")
-    return Path(re.search(r"model written to (\S+)", result.stdout).group(1)), wall
+    model, wall, _ = run_fit(fit_options(row, args), args.run_dir / row, row)
+    return model, wall
 
 
 def score(model_dir: Path, args: argparse.Namespace) -> dict:

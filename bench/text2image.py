@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
-import subprocess
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import yaml
+from fit_run import run_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"digits": ("vit-digits", "transformer-text2image"),
@@ -48,20 +46,10 @@ def fit(recipe: str, run_dir: Path, extra: list[str]) -> Path:
     done = run_dir / "model.json"
     if done.is_file():
         return Path(json.loads(done.read_text())["model"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "seqkit.cli", "fit", "--config", f"recipes/{recipe}.yaml",
-               f"--trainer.default_root_dir={run_dir}", "--trainer.enable_progress_bar=false",
-               *extra]  # fmt: skip
-    print(f"running {' '.join(command[2:])}", flush=True)
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    minutes = (time.perf_counter() - start) / 60
-    (run_dir / "fit.log").write_text(f"{result.stdout}{result.stderr}\n{minutes:.1f} min\n")
-    found = re.search(r"model written to (\S+)", result.stdout)
-    if result.returncode or not found:
-        sys.exit(f"seqkit fit failed, see {run_dir / 'fit.log'}:\n{result.stderr[-2000:]}")
-    model = Path(found.group(1))
-    done.write_text(json.dumps({"model": str(model), "fit_minutes": minutes}) + "\n")
+    options = ["--config", f"recipes/{recipe}.yaml", *extra]
+    print(f"running seqkit fit {' '.join(options)}", flush=True)
+    model, wall, _ = run_fit(options, run_dir)
+    done.write_text(json.dumps({"model": str(model), "fit_minutes": wall / 60}) + "\n")
     return model
 
 
