@@ -2,7 +2,7 @@
 with a remedy against forgetting Multi30k.
 
     python bench/finetune.py --model runs/bench-multi30k/.../model [--pairs 1000] [--steps 300]
-        [--remedy full mix lora] [--mix-ratio 0.5] [--lora-rank 8] [--lora-lr 0.001]
+        [--remedy full mix lora] [--mix-ratio 0.5] [--lora-rank 8] [--lora-lr 0.003]
 
 Writes the user's data as text pairs (`my-data/{train,val,test}.{en,de}`, numbers drawn by
 seed), scores the pre-trained model on its test part and on Multi30k test2016, fine-tunes it
@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+from fit_run import run_fit
 from num2words import num2words
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,23 +66,14 @@ def remedy_args(remedy: str, args: argparse.Namespace) -> list[str]:
 
 def finetune(args: argparse.Namespace, data: Path, remedy: str) -> tuple[Path, float]:
     """Fine-tune `args.model` on `data` with `remedy`: the model directory and wall seconds."""
-    run_dir = args.run_dir / remedy
-    command = [
-        sys.executable, "-m", "seqkit.cli", "fit", "--config", str(ROOT / "recipes/finetune.yaml"),
-        f"--model.init_args.init_from={args.model}", f"--data.path={data}",
-        "--data.held_out=0", "--data.splits={train: train, val: val, test: test}",
-        f"--trainer.max_steps={args.steps}", f"--trainer.default_root_dir={run_dir}",
-        "--trainer.enable_progress_bar=false", *remedy_args(remedy, args), *args.fit_args,
+    options = [
+        "--config", str(ROOT / "recipes/finetune.yaml"),
+        f"--model.init_args.init_from={args.model}", f"--data.path={data}", "--data.held_out=0",
+        "--data.splits={train: train, val: val, test: test}", f"--trainer.max_steps={args.steps}",
+        *remedy_args(remedy, args), *args.fit_args,
     ]  # fmt: skip
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "fit.log").write_text(result.stdout + result.stderr)
-    if result.returncode:
-        sys.exit(f"seqkit fit ({remedy}) failed, see {run_dir / 'fit.log'}:\n"
-                 f"{result.stderr[-2000:]}")  # fmt: skip
-    return Path(re.search(r"model written to (\S+)", result.stdout).group(1)), wall
+    model, wall, _ = run_fit(options, args.run_dir / remedy, remedy)
+    return model, wall
 
 
 def trainable_parameters(model_dir: Path, remedy: str) -> int:
@@ -111,7 +99,7 @@ def main() -> None:
                         help="one fine-tuning run and table row each")  # fmt: skip
     parser.add_argument("--mix-ratio", type=float, default=0.5, help="mix: share of Multi30k")
     parser.add_argument("--lora-rank", type=int, default=8)
-    parser.add_argument("--lora-lr", type=float, default=1e-3, help="lora: peak learning rate")
+    parser.add_argument("--lora-lr", type=float, default=3e-3, help="lora: peak learning rate")
     parser.add_argument("--test-limit", type=int, default=None,
                         help="score the first N sentences of each test set only")  # fmt: skip
     parser.add_argument("--multi30k", type=Path, default=ROOT.parent / "shared/data/multi30k")
