@@ -1,4 +1,4 @@
-"""Decoding speed against Hugging Face and CTranslate2, side by side in one process.
+"""Decoding speed against Hugging Face and CTranslate2, side by side, rounds interleaved.
 
     pip install -e ".[bench]"
     python bench/decode_speed.py [--model DIR] [--sentences 200] [--batch 50] [--rounds 3]
@@ -12,7 +12,9 @@ the median round counts. Systems:
 - seqkit in float32, and in its fastest inference options (`--compute-type` int8: PyTorch's
   dynamic quantization; bfloat16);
 - Hugging Face `MarianMTModel.generate` of the same size (its own random weights);
-- CTranslate2 float32 and int8 on seqkit's own weights (`seqkit export --format ctranslate2`).
+- CTranslate2 float32 and int8 on seqkit's own weights (`seqkit export --format ctranslate2`),
+  each in a worker process of its own, fed the same batches: in PyTorch's process, CTranslate2
+  would share PyTorch's OpenMP runtime and slow PyTorch down (see `ct2_system`).
 
 Without `--model`, the model is untrained, of the d_model 256 Multi30k size (3+3 layers,
 d_model 256, 4 heads, FFN 1024) with an 8,000-token joint vocabulary learned on Multi30k. With
@@ -23,6 +25,7 @@ beam 5, and prints sacreBLEU of seqkit and CTranslate2 side by side. Ratios are 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -95,19 +98,42 @@ def hf_system(vocab: int, beam: int, length: int) -> Callable:
 
 
 def ct2_system(export: Path, vocab: list[str], beam: int, length: int) -> Callable:
+    """CTranslate2 decoding in a process of its own (`_ct2_serve`), called batch by batch.
+
+    In PyTorch's process, CTranslate2 binds to the OpenMP runtime PyTorch loaded first (its
+    symbols are global): CTranslate2's worker thread then leads a second team of that runtime,
+    which, managing more threads than there are cores, stops spinning between parallel regions
+    (libgomp's throttled wait). Every PyTorch operator after CTranslate2's first call then waits
+    for its threads to wake: seqkit's beam search ran about a quarter slower in that state.
+    """
+    context = multiprocessing.get_context("spawn")
+    conn, child = context.Pipe()
+    context.Process(target=_ct2_serve, args=(child, str(export), beam, length), daemon=True).start()
+
+    def run(batch: torch.Tensor) -> int:
+        conn.send([[vocab[i] for i in row if i] for row in batch.tolist()])
+        return conn.recv()
+
+    return run
+
+
+def _ct2_serve(conn, export: str, beam: int, length: int) -> None:
+    """Translate each batch of token lists received on `conn` and answer with its size, until
+    the other end closes."""
     import ctranslate2
 
-    translator = ctranslate2.Translator(str(export), device="cpu", inter_threads=1,
+    translator = ctranslate2.Translator(export, device="cpu", inter_threads=1,
                                         intra_threads=THREADS)  # fmt: skip
-
-    def run(batch: torch.Tensor):
-        tokens = [[vocab[i] for i in row if i] for row in batch.tolist()]
-        return translator.translate_batch(
+    while True:
+        try:
+            tokens = conn.recv()
+        except EOFError:  # the bench is done with this system
+            return
+        translator.translate_batch(
             tokens, beam_size=beam, min_decoding_length=length, max_decoding_length=length,
             max_batch_size=len(tokens), return_scores=False,
         )  # fmt: skip
-
-    return run
+        conn.send(len(tokens))
 
 
 def timed_rounds(systems: dict[str, Callable], data: list[torch.Tensor], rounds: int) -> dict:
