@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"
     python bench/decode_speed.py [--model DIR] [--sentences 200] [--batch 50] [--rounds 3]
-        [--no-hf] [--compute-types float32 int8 bfloat16]
+        [--no-hf] [--compute-types float32 int8 bfloat16] [--ct2-in-process]
 
 Every system decodes the same test2016 English sentences in the same length-sorted batches,
 with outputs forced to `--length` tokens (min = max length), so that each does the same work
@@ -25,6 +25,7 @@ beam 5, and prints sacreBLEU of seqkit and CTranslate2 side by side. Ratios are 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import statistics
 import sys
@@ -97,15 +98,22 @@ def hf_system(vocab: int, beam: int, length: int) -> Callable:
     return run
 
 
-def ct2_system(export: Path, vocab: list[str], beam: int, length: int) -> Callable:
-    """CTranslate2 decoding in a process of its own (`_ct2_serve`), called batch by batch.
+def ct2_system(
+    export: Path, vocab: list[str], beam: int, length: int, own_process: bool = True
+) -> Callable:
+    """CTranslate2 decoding, called batch by batch; in a process of its own (`_ct2_serve`)
+    unless `own_process` is False (`--ct2-in-process`, to show what sharing costs).
 
     In PyTorch's process, CTranslate2 binds to the OpenMP runtime PyTorch loaded first (its
     symbols are global): CTranslate2's worker thread then leads a second team of that runtime,
     which, managing more threads than there are cores, stops spinning between parallel regions
     (libgomp's throttled wait). Every PyTorch operator after CTranslate2's first call then waits
-    for its threads to wake: seqkit's beam search ran about a quarter slower in that state.
+    for its threads to wake (seqkit's beam search ran about a quarter slower), and so do
+    CTranslate2's own.
     """
+    if not own_process:
+        translate = _ct2_translate(str(export), beam, length)
+        return lambda batch: translate([[vocab[i] for i in row if i] for row in batch.tolist()])
     context = multiprocessing.get_context("spawn")
     conn, child = context.Pipe()
     context.Process(target=_ct2_serve, args=(child, str(export), beam, length), daemon=True).start()
@@ -117,23 +125,32 @@ def ct2_system(export: Path, vocab: list[str], beam: int, length: int) -> Callab
     return run
 
 
-def _ct2_serve(conn, export: str, beam: int, length: int) -> None:
-    """Translate each batch of token lists received on `conn` and answer with its size, until
-    the other end closes."""
+def _ct2_translate(export: str, beam: int, length: int) -> Callable[[list[list[str]]], int]:
     import ctranslate2
 
     translator = ctranslate2.Translator(export, device="cpu", inter_threads=1,
                                         intra_threads=THREADS)  # fmt: skip
+
+    def translate(tokens: list[list[str]]) -> int:
+        translator.translate_batch(
+            tokens, beam_size=beam, min_decoding_length=length, max_decoding_length=length,
+            max_batch_size=len(tokens), return_scores=False,
+        )  # fmt: skip
+        return len(tokens)
+
+    return translate
+
+
+def _ct2_serve(conn, export: str, beam: int, length: int) -> None:
+    """Translate each batch of token lists received on `conn` and answer with its size, until
+    the other end closes."""
+    translate = _ct2_translate(export, beam, length)
     while True:
         try:
             tokens = conn.recv()
         except EOFError:  # the bench is done with this system
             return
-        translator.translate_batch(
-            tokens, beam_size=beam, min_decoding_length=length, max_decoding_length=length,
-            max_batch_size=len(tokens), return_scores=False,
-        )  # fmt: skip
-        conn.send(len(tokens))
+        conn.send(translate(tokens))
 
 
 def timed_rounds(systems: dict[str, Callable], data: list[torch.Tensor], rounds: int) -> dict:
@@ -152,31 +169,43 @@ def timed_rounds(systems: dict[str, Callable], data: list[torch.Tensor], rounds:
 
 
 def natural_length(model: Path, export: Path, args: argparse.Namespace) -> None:
-    """Beam 5 over the whole test set at natural length: speed and sacreBLEU, seqkit vs CT2."""
+    """Beam 5 over the whole test set at natural length: speed and sacreBLEU, seqkit vs CT2,
+    each engine in a fresh process of its own (see `ct2_system`), one after the other."""
     from seqkit.data.sources import read_lines
-    from seqkit.export.ctranslate2 import CTranslate2Translator
     from seqkit.metrics import translation_scores
-    from seqkit.translator import Translator
 
     sources = read_lines(DATA / "test_2016_flickr.en.gz")
     refs = read_lines(DATA / "test_2016_flickr.de.gz")
-    engines = {
-        "seqkit float32": Translator.from_pretrained(model),
-        "seqkit int8": Translator.from_pretrained(model, compute_type="int8"),
-        "CTranslate2 float32": CTranslate2Translator.from_directory(
-            export, compute_type="float32", intra_threads=THREADS),
-        "CTranslate2 int8": CTranslate2Translator.from_directory(
-            export, compute_type="int8", intra_threads=THREADS),
-    }  # fmt: skip
     print(f"\nnatural length, beam 5, {len(sources)} test2016 sentences:")
-    for name, engine in engines.items():
-        decoding = replace(engine.decoding, beam_size=5, n_best=1)
-        start = time.perf_counter()
-        hyps = engine.translate(sources, decoding)
-        seconds = time.perf_counter() - start
-        hyps = [h.text if hasattr(h, "text") else h for h in hyps]
+    context = multiprocessing.get_context("spawn")
+    for engine, compute_type in itertools.product(("seqkit", "CTranslate2"), ("float32", "int8")):
+        directory = model if engine == "seqkit" else export
+        with context.Pool(1) as pool:
+            seconds, hyps = pool.apply(_translate_timed, (engine, directory, compute_type, sources))
         bleu = translation_scores(hyps, refs)["bleu"]
+        name = f"{engine} {compute_type}"
         print(f"  {name:<22} {len(sources) / seconds:6.1f} sent/s  sacreBLEU {bleu:.1f}")
+
+
+def _translate_timed(
+    engine: str, directory: Path, compute_type: str, sources: list[str]
+) -> tuple[float, list[str]]:
+    """Seconds to translate `sources` with beam 5 (loading not counted), and the translations."""
+    from seqkit.export.ctranslate2 import CTranslate2Translator
+    from seqkit.translator import Translator
+
+    torch.set_num_threads(THREADS)
+    if engine == "seqkit":
+        translator = Translator.from_pretrained(directory, compute_type=compute_type)
+    else:
+        translator = CTranslate2Translator.from_directory(
+            directory, compute_type=compute_type, intra_threads=THREADS
+        )
+    decoding = replace(translator.decoding, beam_size=5, n_best=1)
+    start = time.perf_counter()
+    hyps = translator.translate(sources, decoding)
+    seconds = time.perf_counter() - start
+    return seconds, [h.text if hasattr(h, "text") else h for h in hyps]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,6 +225,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--natural-only", action="store_true", help="with --model: only the natural-length run"
     )
+    parser.add_argument(
+        "--ct2-in-process", action="store_true",
+        help="also run CTranslate2 float32 in the bench's own process, beside PyTorch, to show "
+        "what sharing PyTorch's OpenMP runtime costs both (it slows the systems after it)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -224,6 +258,10 @@ def main() -> None:
             "CTranslate2 float32": ct2_system(exports["float32"], vocab, beam, args.length),
             "CTranslate2 int8": ct2_system(exports["int8"], vocab, beam, args.length),
         }
+        if args.ct2_in_process:
+            systems["CTranslate2 float32, in this process"] = ct2_system(
+                exports["float32"], vocab, beam, args.length, own_process=False
+            )
         if not args.no_hf:
             systems["HF generate"] = hf_system(tokenizers.tgt_vocab_size, beam, args.length)
         results[beam] = timed_rounds(systems, data, args.rounds)

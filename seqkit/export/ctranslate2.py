@@ -208,6 +208,12 @@ def _vocabulary(tokenizer) -> list[str]:
 class CTranslate2Translator:
     """A CTranslate2 export with its seqkit tokenizers and decoding settings.
 
+    CTranslate2 shares PyTorch's OpenMP runtime when PyTorch was imported first (as seqkit
+    does): once both have run multi-threaded in one process, the runtime holds more threads
+    than there are cores and both engines wait for sleeping threads at every operator
+    (measured on 2 cores: CTranslate2's greedy search at half its speed, seqkit's at two
+    thirds). Run CTranslate2 and seqkit's own decoding in separate processes.
+
     Args:
         model: a `ctranslate2.Translator` of the export.
         tokenizers: the tokenizers the export holds.
