@@ -13,8 +13,7 @@ the median round counts. Systems:
   dynamic quantization; bfloat16);
 - Hugging Face `MarianMTModel.generate` of the same size (its own random weights);
 - CTranslate2 float32 and int8 on seqkit's own weights (`seqkit export --format ctranslate2`),
-  each in a worker process of its own, fed the same batches: in PyTorch's process, CTranslate2
-  would share PyTorch's OpenMP runtime and slow PyTorch down (see `ct2_system`).
+  each in a worker process of its own, fed the same batches (see `ct2_system`).
 
 Without `--model`, the model is untrained, of the d_model 256 Multi30k size (3+3 layers,
 d_model 256, 4 heads, FFN 1024) with an 8,000-token joint vocabulary learned on Multi30k. With
@@ -102,14 +101,13 @@ def ct2_system(
     export: Path, vocab: list[str], beam: int, length: int, own_process: bool = True
 ) -> Callable:
     """CTranslate2 decoding, called batch by batch; in a process of its own (`_ct2_serve`)
-    unless `own_process` is False (`--ct2-in-process`, to show what sharing costs).
+    unless `own_process` is False (`--ct2-in-process`: in this process, where `main`'s export
+    has imported ctranslate2 as seqkit does).
 
-    In PyTorch's process, CTranslate2 binds to the OpenMP runtime PyTorch loaded first (its
-    symbols are global): CTranslate2's worker thread then leads a second team of that runtime,
-    which, managing more threads than there are cores, stops spinning between parallel regions
-    (libgomp's throttled wait). Every PyTorch operator after CTranslate2's first call then waits
-    for its threads to wake (seqkit's beam search ran about a quarter slower), and so do
-    CTranslate2's own.
+    Imported plainly after PyTorch, CTranslate2 binds to the OpenMP runtime PyTorch loaded
+    first (its symbols are global), and both engines slow down once both have run (see
+    `seqkit.export.ctranslate2._ctranslate2`, which avoids it). A process of its own measures
+    CTranslate2 alone whatever imported it first.
     """
     if not own_process:
         translate = _ct2_translate(str(export), beam, length)
@@ -227,8 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ct2-in-process", action="store_true",
-        help="also run CTranslate2 float32 in the bench's own process, beside PyTorch, to show "
-        "what sharing PyTorch's OpenMP runtime costs both (it slows the systems after it)",
+        help="also run CTranslate2 float32 in the bench's own process, beside PyTorch, as seqkit "
+        "imports it (with its own OpenMP runtime; see seqkit.export.ctranslate2._ctranslate2)",
     )  # fmt: skip
     return parser.parse_args(argv)
 

@@ -4,7 +4,10 @@ int8 exports load and translate; `seqkit export --format ctranslate2` and `seqki
 --engine ctranslate2` work end to end, and what CTranslate2 cannot run is refused by name."""
 
 import gzip
+import importlib.util
 import itertools
+import os
+import subprocess
 import sys
 from dataclasses import replace
 
@@ -17,7 +20,8 @@ from seqkit.decoding import DecodingConfig
 from seqkit.models import RNNConfig, build_model
 from seqkit.translator import Translator
 
-pytest.importorskip("ctranslate2")
+if importlib.util.find_spec("ctranslate2") is None:  # not importorskip: seqkit imports it
+    pytest.skip("ctranslate2 is not installed", allow_module_level=True)
 from tiny_models import GREEDY, PAIRS, trained
 
 from seqkit.export.ctranslate2 import CTranslate2Translator, export_ctranslate2
@@ -173,3 +177,43 @@ def test_a_missing_ctranslate2_names_the_extra(model, tmp_path, monkeypatch):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert "pip install 'seqkit[ctranslate2]'" in str(exit_info.value.code)
+
+
+BOTH_ENGINES = """
+import os, sys, torch
+from seqkit.export.ctranslate2 import CTranslate2Translator
+
+def voluntary_switches():
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/status") as status:
+            total += sum(int(line.split()[1]) for line in status
+                         if line.startswith("voluntary_ctxt_switches:"))
+    return total
+
+torch.set_num_threads(2)
+x = torch.randn(1_000_000)
+x.exp()  # PyTorch's OpenMP threads start
+engine = CTranslate2Translator.from_directory(sys.argv[1], intra_threads=2)
+engine.translate(["a few words"] * 8)  # and CTranslate2's
+before = voluntary_switches()
+for _ in range(300):
+    x.exp()  # parallel regions of PyTorch's runtime
+print(voluntary_switches() - before)
+"""
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "RTLD_DEEPBIND") or (os.cpu_count() or 1) < 2,
+    reason="needs RTLD_DEEPBIND (Linux) and 2 cores",
+)
+def test_ctranslate2_keeps_its_own_openmp_runtime_beside_pytorch(model, tmp_path):
+    """After both engines ran multi-threaded in one process, PyTorch's threads still spin
+    between parallel operators: bound to PyTorch's OpenMP runtime, CTranslate2 made it hold
+    more threads than cores, and 300 operators cost about as many sleeps and wake-ups."""
+    script = tmp_path / "both_engines.py"
+    script.write_text(BOTH_ENGINES)
+    run = subprocess.run([sys.executable, str(script), str(model[1].parent / "ct2")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert int(run.stdout) < 30, f"{run.stdout.strip()} voluntary context switches"

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -43,11 +45,24 @@ INSTALL = "pip install 'seqkit[ctranslate2]'"
 
 
 def _ctranslate2():
-    """The ctranslate2 module, or an ImportError that says which extra to install."""
+    """The ctranslate2 module, or an ImportError that says which extra to install.
+
+    Imported with `RTLD_DEEPBIND` where the platform has it (Linux), so that CTranslate2's
+    library binds to the OpenMP runtime it ships. Otherwise it binds to PyTorch's, loaded
+    first with global symbols, and once both engines have run in one process that runtime
+    holds more threads than there are cores: it stops spinning between parallel regions and
+    both engines wait for sleeping threads at every operator (on 2 cores, CTranslate2's greedy
+    search ran at half its speed and seqkit's at two thirds). A ctranslate2 that other code
+    imported before keeps its binding.
+    """
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))
     try:
         import ctranslate2
     except ImportError as err:
         raise ImportError(f"CTranslate2 is not installed: {INSTALL} ({err})") from None
+    finally:
+        sys.setdlopenflags(flags)
     return ctranslate2
 
 
@@ -208,11 +223,9 @@ def _vocabulary(tokenizer) -> list[str]:
 class CTranslate2Translator:
     """A CTranslate2 export with its seqkit tokenizers and decoding settings.
 
-    CTranslate2 shares PyTorch's OpenMP runtime when PyTorch was imported first (as seqkit
-    does): once both have run multi-threaded in one process, the runtime holds more threads
-    than there are cores and both engines wait for sleeping threads at every operator
-    (measured on 2 cores: CTranslate2's greedy search at half its speed, seqkit's at two
-    thirds). Run CTranslate2 and seqkit's own decoding in separate processes.
+    seqkit imports ctranslate2 so that it keeps its own OpenMP runtime (Linux; see
+    `_ctranslate2`). Where ctranslate2 was imported before seqkit did, it shares PyTorch's and
+    both engines slow down once both have run: run them in separate processes there.
 
     Args:
         model: a `ctranslate2.Translator` of the export.
