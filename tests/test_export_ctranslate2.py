@@ -204,8 +204,8 @@ print(voluntary_switches() - before)
 
 
 @pytest.mark.skipif(
-    not hasattr(os, "RTLD_DEEPBIND") or (os.cpu_count() or 1) < 2,
-    reason="needs RTLD_DEEPBIND (Linux) and 2 cores",
+    not hasattr(os, "RTLD_DEEPBIND") or (os.cpu_count() or 1) < 2 or bool(os.environ.get("LD_PRELOAD")),
+    reason="needs RTLD_DEEPBIND (Linux), 2 cores and no LD_PRELOAD",
 )
 def test_ctranslate2_keeps_its_own_openmp_runtime_beside_pytorch(model, tmp_path):
     """After both engines ran multi-threaded in one process, PyTorch's threads still spin

@@ -53,10 +53,13 @@ def _ctranslate2():
     holds more threads than there are cores: it stops spinning between parallel regions and
     both engines wait for sleeping threads at every operator (on 2 cores, CTranslate2's greedy
     search ran at half its speed and seqkit's at two thirds). A ctranslate2 that other code
-    imported before keeps its binding.
+    imported before keeps its binding. Under `LD_PRELOAD` (an allocator such as jemalloc, a
+    sanitizer) the import is plain: a deep-bound library would call libc's malloc and free
+    rather than the preloaded ones.
     """
     flags = sys.getdlopenflags()
-    sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))
+    deepbind = 0 if os.environ.get("LD_PRELOAD") else getattr(os, "RTLD_DEEPBIND", 0)
+    sys.setdlopenflags(flags | deepbind)
     try:
         import ctranslate2
     except ImportError as err:
