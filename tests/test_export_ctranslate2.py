@@ -204,7 +204,9 @@ print(voluntary_switches() - before)
 
 
 @pytest.mark.skipif(
-    not hasattr(os, "RTLD_DEEPBIND") or (os.cpu_count() or 1) < 2 or bool(os.environ.get("LD_PRELOAD")),
+    not hasattr(os, "RTLD_DEEPBIND")
+    or (os.cpu_count() or 1) < 2
+    or bool(os.environ.get("LD_PRELOAD")),
     reason="needs RTLD_DEEPBIND (Linux), 2 cores and no LD_PRELOAD",
 )
 def test_ctranslate2_keeps_its_own_openmp_runtime_beside_pytorch(model, tmp_path):
