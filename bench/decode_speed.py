@@ -2,7 +2,7 @@
 
     pip install -e ".[bench]"
     python bench/decode_speed.py [--model DIR] [--sentences 200] [--batch 50] [--rounds 3]
-        [--no-hf] [--compute-types float32 int8 bfloat16] [--ct2-in-process]
+        [--no-hf] [--compute-types float32 int8 bfloat16] [--onnx] [--ct2-in-process]
 
 Every system decodes the same test2016 English sentences in the same length-sorted batches,
 with outputs forced to `--length` tokens (min = max length), so that each does the same work
@@ -13,7 +13,8 @@ the median round counts. Systems:
   dynamic quantization; bfloat16);
 - Hugging Face `MarianMTModel.generate` of the same size (its own random weights);
 - CTranslate2 float32 and int8 on seqkit's own weights (`seqkit export --format ctranslate2`),
-  each in a worker process of its own, fed the same batches (see `ct2_system`).
+  each in a worker process of its own, fed the same batches (see `ct2_system`);
+- with `--onnx`, seqkit's search on ONNX Runtime over its own ONNX export (`onnx_system`).
 
 Without `--model`, the model is untrained, of the d_model 256 Multi30k size (3+3 layers,
 d_model 256, 4 heads, FFN 1024) with an 8,000-token joint vocabulary learned on Multi30k. With
@@ -151,6 +152,27 @@ def _ct2_serve(conn, export: str, beam: int, length: int) -> None:
         conn.send(translate(tokens))
 
 
+def onnx_system(export: Path, beam: int, length: int, spinning: bool = False) -> Callable:
+    """seqkit's search over its ONNX export on ONNX Runtime (`--engine onnxruntime`); with
+    `spinning`, sessions keep ONNX Runtime's default of threads spinning between runs, which
+    seqkit turns off (see `OnnxTranslator.from_directory`)."""
+    from seqkit.decoding import DecodingConfig, search
+    from seqkit.export.onnx import DECODER_FILE, ENCODER_FILE, OnnxTranslator
+
+    net = OnnxTranslator.from_directory(export, threads=THREADS).net
+    if spinning:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        net.encoder, net.decoder = (
+            ort.InferenceSession(str(export / f), options, providers=["CPUExecutionProvider"])
+            for f in (ENCODER_FILE, DECODER_FILE)
+        )
+    config = DecodingConfig(beam_size=beam, min_len=length, max_len=length)
+    return lambda batch: search(net, batch, batch != 0, config)
+
+
 def timed_rounds(systems: dict[str, Callable], data: list[torch.Tensor], rounds: int) -> dict:
     """Sentences/s of each system: one warm-up pass, then `rounds` interleaved; the median."""
     n = sum(len(b) for b in data)
@@ -224,6 +246,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--natural-only", action="store_true", help="with --model: only the natural-length run"
     )
     parser.add_argument(
+        "--onnx", action="store_true",
+        help="also run seqkit's search on its ONNX export with ONNX Runtime (--engine "
+        "onnxruntime), with seqkit's session options and with ONNX Runtime's spinning threads",
+    )  # fmt: skip
+    parser.add_argument(
         "--ct2-in-process", action="store_true",
         help="also run CTranslate2 float32 in the bench's own process, beside PyTorch, as seqkit "
         "imports it (with its own OpenMP runtime; see seqkit.export.ctranslate2._ctranslate2)",
@@ -244,6 +271,10 @@ def main() -> None:
     model = args.model or build_model(work / "model")
     exports = {q: export_ctranslate2(model, work / f"ct2-{q}", quantization=q)
                for q in ("float32", "int8")}  # fmt: skip
+    if args.onnx:
+        from seqkit.export.onnx import export_onnx
+
+        onnx_export = export_onnx(model, work / "onnx")
     tokenizers = Translator.from_pretrained(model).tokenizers
     vocab = [tokenizers.source.id_to_token(i) for i in range(tokenizers.src_vocab_size)]
     sources = read_lines(DATA / "test_2016_flickr.en.gz")[: args.sentences]
@@ -256,6 +287,11 @@ def main() -> None:
             "CTranslate2 float32": ct2_system(exports["float32"], vocab, beam, args.length),
             "CTranslate2 int8": ct2_system(exports["int8"], vocab, beam, args.length),
         }
+        if args.onnx:
+            systems["ONNX Runtime"] = onnx_system(onnx_export, beam, args.length)
+            systems["ONNX Runtime, spinning"] = onnx_system(
+                onnx_export, beam, args.length, spinning=True
+            )
         if args.ct2_in_process:
             systems["CTranslate2 float32, in this process"] = ct2_system(
                 exports["float32"], vocab, beam, args.length, own_process=False
