@@ -219,7 +219,7 @@ def test_what_is_not_an_export_or_missing_is_refused_by_name(models, monkeypatch
 def test_sessions_leave_the_cores_to_pytorch_between_runs(models):
     """ONNX Runtime's threads sleep between runs instead of spinning for the next: seqkit's
     search runs PyTorch operators between the decoder's runs, and spinning threads took their
-    cores (greedy search of a d_model 256 Transformer ran 1.5x slower)."""
+    cores (`bench/decode_speed.py --onnx`: greedy search ran 1.8x slower)."""
     _, engine, _ = models("transformer-pre-norm")
     for session in (engine.net.encoder, engine.net.decoder):
         options = session.get_session_options()
