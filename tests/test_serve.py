@@ -280,3 +280,34 @@ def test_main_names_a_missing_model_directory_and_a_bad_option(tmp_path, capsys)
         main(["--model", str(tmp_path), "--max-batch-sentences", "0"])
     assert exit_.value.code == 2
     assert "max_batch_sentences must be at least 1" in capsys.readouterr().err
+
+
+def test_main_loads_the_model_on_the_thread_that_decodes(model_dir, monkeypatch):
+    """PyTorch's OpenMP threads serve the thread that first runs a parallel operator (loading
+    copies tensors); decoding on another thread starts a second team, and every operator then
+    waits for sleeping threads (1.5x slower): `seqkit serve` loads and decodes on one thread."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    threads: dict[str, set[int]] = {"load": set(), "decode": set()}
+    load, stream = Translator.from_pretrained.__func__, Translator.translate_stream
+
+    def recording_load(cls, *args, **kwargs):
+        threads["load"].add(threading.get_ident())
+        return load(cls, *args, **kwargs)
+
+    def recording_stream(self, *args, **kwargs):
+        threads["decode"].add(threading.get_ident())
+        return stream(self, *args, **kwargs)
+
+    def serve(app, **options):
+        with TestClient(app) as client:
+            for text in LINES[:4]:
+                assert client.post("/translate", json={"texts": [text]}).status_code == 200
+
+    monkeypatch.setattr(Translator, "from_pretrained", classmethod(recording_load))
+    monkeypatch.setattr(Translator, "translate_stream", recording_stream)
+    monkeypatch.setattr(uvicorn, "run", serve)
+    main(["--model", str(model_dir)])
+    assert len(threads["decode"]) == 1
+    assert threads["load"] == threads["decode"] != {threading.main_thread().ident}
