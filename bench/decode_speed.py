@@ -110,18 +110,18 @@ def ct2_system(
     `seqkit.export.ctranslate2._ctranslate2`, which avoids it). A process of its own measures
     CTranslate2 alone whatever imported it first.
     """
-    if not own_process:
+    if own_process:
+        context = multiprocessing.get_context("spawn")
+        conn, child = context.Pipe()
+        args = (child, str(export), beam, length)
+        context.Process(target=_ct2_serve, args=args, daemon=True).start()
+
+        def translate(tokens: list[list[str]]) -> int:
+            conn.send(tokens)
+            return conn.recv()
+    else:
         translate = _ct2_translate(str(export), beam, length)
-        return lambda batch: translate([[vocab[i] for i in row if i] for row in batch.tolist()])
-    context = multiprocessing.get_context("spawn")
-    conn, child = context.Pipe()
-    context.Process(target=_ct2_serve, args=(child, str(export), beam, length), daemon=True).start()
-
-    def run(batch: torch.Tensor) -> int:
-        conn.send([[vocab[i] for i in row if i] for row in batch.tolist()])
-        return conn.recv()
-
-    return run
+    return lambda batch: translate([[vocab[i] for i in row if i] for row in batch.tolist()])
 
 
 def _ct2_translate(export: str, beam: int, length: int) -> Callable[[list[list[str]]], int]:
