@@ -131,9 +131,11 @@ def _ct2_translate(export: str, beam: int, length: int) -> Callable[[list[list[s
                                         intra_threads=THREADS)  # fmt: skip
 
     def translate(tokens: list[list[str]]) -> int:
+        # With scores, as seqkit's search (and its CTranslate2 engine) returns them: without,
+        # CTranslate2's greedy search skips the log-softmax over the vocabulary.
         translator.translate_batch(
             tokens, beam_size=beam, min_decoding_length=length, max_decoding_length=length,
-            max_batch_size=len(tokens), return_scores=False,
+            max_batch_size=len(tokens), return_scores=True,
         )  # fmt: skip
         return len(tokens)
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from seqkit.cpu import set_mkl_mode
+
 __version__ = "0.1.0"
+
+set_mkl_mode()  # before anything multiplies matrices: MKL reads it at its first call
 
 _WHERE = {
     "Classifier": "seqkit.lit.classifier",
