@@ -73,12 +73,17 @@ def main() -> None:
         for name, rows in ROWS.items():
             for mode in ("", "AUTO"):
                 times.setdefault((name, mode), []).append(run(rows, mode))
-    print(f"{'products of one':16s} {'rows':>5s} {'CNR off ms':>11s} {'CNR AUTO ms':>12s}")
+    print(f"{'products of one':16s} {'rows':>5s} {'CNR off ms (range)':>20s} "
+          f"{'CNR AUTO ms (range)':>20s}")  # fmt: skip
     ratios = {}
     for name, rows in ROWS.items():
+        cells = []
+        for mode in ("", "AUTO"):
+            t = times[name, mode]
+            cells.append(f"{statistics.median(t):7.2f} ({min(t):.1f}-{max(t):.1f})")
         off, on = (statistics.median(times[name, mode]) for mode in ("", "AUTO"))
         ratios[name] = off / on
-        print(f"{name:16s} {rows:5d} {off:11.2f} {on:12.2f}")
+        print(f"{name:16s} {rows:5d} {cells[0]:>20s} {cells[1]:>20s}")
     print("speed-up with MKL_CBWR=AUTO: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
 
 

@@ -3,13 +3,14 @@ x86 processors not made by Intel.
 
 PyTorch's x86 builds do their float matrix products with Intel's oneMKL, which chooses its
 kernels by processor vendor as well as by instruction set. On an AMD Zen 3 with AVX2 (this
-project's machine), the products of decoding, 50 to 250 rows by 256 to 8,000 columns, ran
-1.3-1.9x faster with MKL's Conditional Numerical Reproducibility mode on (`MKL_CBWR=AUTO`,
-documented by Intel) than with it off, MKL's default; training's products, 1,700 rows, ran
-at the same speed. `MKL_VERBOSE=1` prints the mode of each call ("CNR:AUTO"). MKL reads the
-variable at its first call, so it counts only when seqkit is imported before anything in the
-process has multiplied float matrices; `seqkit`'s commands always are. A process that sets
-`MKL_CBWR` itself keeps its value (an empty value keeps the mode off).
+project's machine), the products of decoding steps, 50 and 250 rows by 256 to 8,000 columns,
+ran 1.1-1.5x faster with MKL's Conditional Numerical Reproducibility mode on
+(`MKL_CBWR=AUTO`, documented by Intel) than with it off, MKL's default; training's, 1,700
+rows, at the same speed (`bench/mkl_mode.py`). `MKL_VERBOSE=1` prints the mode of each call
+("CNR:AUTO"). MKL reads the variable at its first call, so it counts only when seqkit is
+imported before anything in the process has multiplied float matrices, as in `seqkit`'s
+commands. A process that sets `MKL_CBWR` itself keeps its value (an empty value keeps the
+mode off).
 """
 
 from __future__ import annotations
