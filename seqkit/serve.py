@@ -99,6 +99,7 @@ class Batcher:
         self.decode = decode
         self.max_sentences = max_sentences
         self.max_wait_s = max_wait_s
+        self._owns_executor = executor is None
         self.executor = executor or serving_thread()
         self.requests = self.sentences = self.decodes = 0
         self._queue: asyncio.Queue[_Job] | None = None
@@ -115,10 +116,16 @@ class Batcher:
         return await future
 
     async def close(self) -> None:
+        """Stop decoding. An executor the batcher made is shut down, so that its thread, and
+        the OpenMP team PyTorch keeps for that thread, end with the server rather than slow
+        the rest of the process (`serving_thread`); a later request gets a new one."""
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
+        if self._owns_executor:
+            self.executor.shutdown(wait=False)
+            self.executor = serving_thread()  # starts no thread until it is used
 
     async def _run(self) -> None:
         while True:
@@ -381,16 +388,20 @@ def main(argv: list[str]) -> None:
     from seqkit.translator import Translator
 
     decoder = serving_thread()  # loads the model and decodes: see `serving_thread`
-    try:  # the loader's errors name the file at fault
-        translator = decoder.submit(
-            Translator.from_pretrained, args.model, device=args.device
-        ).result()
-    except (FileNotFoundError, ValueError) as err:
-        sys.exit(f"seqkit serve: {err}")
-    if translator.image_source is not None:
-        sys.exit(f"seqkit serve: {args.model} reads images; seqkit serve translates text")
-    app = create_app(translator, config, name=Path(args.model).resolve().name, executor=decoder)
-    uvicorn.run(app, host=args.host, port=args.port)
+    try:
+        try:  # the loader's errors name the file at fault
+            translator = decoder.submit(
+                Translator.from_pretrained, args.model, device=args.device
+            ).result()
+        except (FileNotFoundError, ValueError) as err:
+            sys.exit(f"seqkit serve: {err}")
+        if translator.image_source is not None:
+            sys.exit(f"seqkit serve: {args.model} reads images; seqkit serve translates text")
+        name = Path(args.model).resolve().name
+        app = create_app(translator, config, name=name, executor=decoder)
+        uvicorn.run(app, host=args.host, port=args.port)
+    finally:  # the thread and its OpenMP team end with the server (see `Batcher.close`)
+        decoder.shutdown()
 
 
 if __name__ == "__main__":  # python -m seqkit.serve, as `seqkit serve`

@@ -241,6 +241,34 @@ def test_batcher_caps_a_batch_and_survives_a_failed_decode():
     assert after[0].text == "LATER"
 
 
+def decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("seqkit-decode")]
+
+
+def test_a_batchers_own_decode_thread_ends_when_it_closes_and_comes_back_when_needed():
+    """The thread that decoded holds an OpenMP team of PyTorch's: alive after its server, it
+    would slow every later operator of the process (a test module after this one: 3x)."""
+
+    before = decode_threads()
+
+    def new_threads() -> list[threading.Thread]:
+        return [t for t in decode_threads() if t not in before]
+
+    async def run():
+        batcher = Batcher(fake_decode([]), max_wait_s=0.0)
+        for _ in range(2):  # an app's lifespan can start again
+            assert (await batcher.translate(["a"], DecodingConfig()))[0].text == "A"
+            assert len(new_threads()) >= 1
+            await batcher.close()
+        return batcher
+
+    batcher = asyncio.run(run())  # kept, as an app keeps its batcher (`app.state`)
+    deadline = time.monotonic() + 10
+    while new_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert new_threads() == [], batcher
+
+
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ})  # fmt: skip
@@ -311,3 +339,6 @@ def test_main_loads_the_model_on_the_thread_that_decodes(model_dir, monkeypatch)
     main(["--model", str(model_dir)])
     assert len(threads["decode"]) == 1
     assert threads["load"] == threads["decode"] != {threading.main_thread().ident}
+    # ... and that thread ends with the server (see the batcher's test above).
+    alive = {t.ident for t in threading.enumerate()}
+    assert not threads["decode"] & alive
