@@ -2,7 +2,8 @@
 
     pip install -e ".[bench]"
     python bench/decode_speed.py [--model DIR] [--sentences 200] [--batch 50] [--rounds 3]
-        [--no-hf] [--compute-types float32 int8 bfloat16] [--onnx] [--ct2-in-process]
+        [--no-hf] [--compute-types float32 int8 bfloat16] [--onnx] [--compile]
+        [--ct2-in-process]
 
 Every system decodes the same test2016 English sentences in the same length-sorted batches,
 with outputs forced to `--length` tokens (min = max length), so that each does the same work
@@ -14,7 +15,9 @@ the median round counts. Systems:
 - Hugging Face `MarianMTModel.generate` of the same size (its own random weights);
 - CTranslate2 float32 and int8 on seqkit's own weights (`seqkit export --format ctranslate2`),
   each in a worker process of its own, fed the same batches (see `ct2_system`);
-- with `--onnx`, seqkit's search on ONNX Runtime over its own ONNX export (`onnx_system`).
+- with `--onnx`, seqkit's search on ONNX Runtime over its own ONNX export (`onnx_system`);
+- with `--compile`, seqkit float32 over `torch.compile(net.decode, dynamic=True)`, its
+  compilation timed on the warm-up batch.
 
 Without `--model`, the model is untrained, of the d_model 256 Multi30k size (3+3 layers,
 d_model 256, 4 heads, FFN 1024) with an 8,000-token joint vocabulary learned on Multi30k. With
@@ -68,13 +71,36 @@ def batches(ids: list[list[int]], size: int) -> list[torch.Tensor]:
     return [pad([torch.tensor(x) for x in order[i : i + size]]) for i in range(0, len(ids), size)]
 
 
-def seqkit_system(model: Path, compute_type: str, beam: int, length: int) -> Callable:
+def seqkit_system(
+    model: Path, compute_type: str, beam: int, length: int, compiled: bool = False
+) -> Callable:
+    """seqkit's search; with `compiled`, over `torch.compile(net.decode, dynamic=True)`,
+    printing how long the first batch (the compilation) took."""
     from seqkit.decoding import DecodingConfig, search
     from seqkit.translator import Translator
 
     net = Translator.from_pretrained(model, compute_type=compute_type).net
     config = DecodingConfig(beam_size=beam, min_len=length, max_len=length)
-    return lambda batch: search(net, batch, batch != 0, config)
+
+    def run(batch: torch.Tensor):
+        return search(net, batch, batch != 0, config)
+
+    if not compiled:
+        return run
+    net.decode = torch.compile(net.decode, dynamic=True)
+    first = True
+
+    def run_compiled(batch: torch.Tensor):
+        nonlocal first
+        start = time.perf_counter()
+        out = run(batch)
+        if first:
+            print(f"  (beam {beam}: torch.compile's first batch took "
+                  f"{time.perf_counter() - start:.1f} s)", flush=True)  # fmt: skip
+            first = False
+        return out
+
+    return run_compiled
 
 
 def hf_system(vocab: int, beam: int, length: int) -> Callable:
@@ -253,6 +279,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "onnxruntime), with seqkit's session options and with ONNX Runtime's spinning threads",
     )  # fmt: skip
     parser.add_argument(
+        "--compile", action="store_true",
+        help="also run seqkit float32 over torch.compile(net.decode, dynamic=True); not counted "
+        "as seqkit's fastest option (seqkit's commands decode eagerly)",
+    )  # fmt: skip
+    parser.add_argument(
         "--ct2-in-process", action="store_true",
         help="also run CTranslate2 float32 in the bench's own process, beside PyTorch, as seqkit "
         "imports it (with its own OpenMP runtime; see seqkit.export.ctranslate2._ctranslate2)",
@@ -289,6 +320,10 @@ def main() -> None:
             "CTranslate2 float32": ct2_system(exports["float32"], vocab, beam, args.length),
             "CTranslate2 int8": ct2_system(exports["int8"], vocab, beam, args.length),
         }
+        if args.compile:
+            systems["seqkit float32 compiled"] = seqkit_system(
+                model, "float32", beam, args.length, compiled=True
+            )
         if args.onnx:
             systems["ONNX Runtime"] = onnx_system(onnx_export, beam, args.length)
             systems["ONNX Runtime, spinning"] = onnx_system(
@@ -309,13 +344,16 @@ def main() -> None:
         natural_length(model, exports["float32"], args)
     print("\nratios (sentences/s over sentences/s):")
     for beam, r in results.items():
-        best = max(rate for name, rate in r.items() if name.startswith("seqkit"))
+        best = max(rate for name, rate in r.items()
+                   if name.startswith("seqkit") and not name.endswith("compiled"))  # fmt: skip
         line = (f"  beam {beam}: seqkit float32 / CTranslate2 float32 "
                 f"{r['seqkit float32'] / r['CTranslate2 float32']:.2f}, fastest seqkit / "
                 f"CTranslate2 float32 {best / r['CTranslate2 float32']:.2f}, / CTranslate2 int8 "
                 f"{best / r['CTranslate2 int8']:.2f}")  # fmt: skip
         if "HF generate" in r:
             line += f", seqkit float32 / HF {r['seqkit float32'] / r['HF generate']:.2f}"
+        if "seqkit float32 compiled" in r:
+            line += f", compiled / eager {r['seqkit float32 compiled'] / r['seqkit float32']:.2f}"
         print(line)
 
 

@@ -11,8 +11,9 @@ seqkit's length-bucketed ones (`--max-tokens` padded tokens, about 1,700 target 
 `--warmup` steps each, the contenders take turns (A B C A B C ...) for `--rounds` rounds of
 `--steps` steps each, so that a load on the machine hits all three alike. `--precision bf16`
 runs the forward pass and the loss under `torch.autocast("cpu", torch.bfloat16)`;
-`--compile` wraps each model in `torch.compile(dynamic=True)` and reports the first step
-(the compilation) apart. `--fit N` then runs `seqkit fit` on the Transformer recipe for N steps
+`--compile` adds seqkit's model wrapped in `torch.compile(dynamic=True)` (the same initial
+weights) as a fourth contender beside its eager self, and reports its first step (the
+compilation) apart. `--fit N` then runs `seqkit fit` on the Transformer recipe for N steps
 and reports its tokens/s (`seqkit.callbacks.TokensPerSecond`: source + target tokens) as a
 fraction of the bare seqkit step's. The last line gives the ratios seqkit/HF and seqkit/lean.
 """
@@ -203,14 +204,19 @@ class Contender:
 
 
 def contenders(compile_: bool) -> list[Contender]:
+    """seqkit, HF Marian and the lean model; with `compile_`, also seqkit compiled (the same
+    initial weights), racing beside its eager self."""
+    makers = [("seqkit", seqkit_contender, False), ("HF Marian", hf_contender, False),
+              ("lean", lean_contender, False)]  # fmt: skip
+    if compile_:
+        makers.append(("seqkit compiled", seqkit_contender, True))
     out = []
-    for name, make in (("seqkit", seqkit_contender), ("HF Marian", hf_contender),
-                       ("lean", lean_contender)):  # fmt: skip
+    for name, make, compiled in makers:
         torch.manual_seed(0)
         model, loss = make()
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9)
-        runnable = torch.compile(model, dynamic=True) if compile_ else model
+        runnable = torch.compile(model, dynamic=True) if compiled else model
         out.append(Contender(name, runnable, loss, optimizer))
     return out
 
@@ -280,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, each")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each model")
+    parser.add_argument("--compile", action="store_true", help="also race seqkit compiled")
     parser.add_argument("--fit", type=int, default=0, metavar="N",
                         help="also run `seqkit fit` for N steps")  # fmt: skip
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/multi30k")
@@ -298,9 +304,8 @@ def main() -> None:
     racers = contenders(args.compile)
     timed = batches[max(args.warmup, 1) :]
     mean_tgt = statistics.mean(tokens(b)[0] for b in timed)
-    compiled = ", compiled" if args.compile else ""
     print(f"{len(timed)} batches of {mean_tgt:,.0f} target tokens on average; precision "
-          f"{args.precision}{compiled}, {args.threads} threads")  # fmt: skip
+          f"{args.precision}, {args.threads} threads")  # fmt: skip
     for racer in racers:
         n = sum(p.numel() for p in racer.model.parameters() if p.requires_grad)
         print(f"{racer.name}: {n / 1e6:.2f} M parameters")
@@ -311,13 +316,14 @@ def main() -> None:
         )
         print(f"{racer.name}: {racer.tgt_tokens / racer.seconds:,.0f} target tok/s{spread}, "
               f"first step {racer.first_step_s:.1f} s")  # fmt: skip
-    seqkit, hf, lean = (r.tgt_tokens / r.seconds for r in racers)
+    seqkit, hf, lean, *compiled = (r.tgt_tokens / r.seconds for r in racers)
     if args.fit:
         fit_fraction(racers[0], batches[max(args.warmup, 1) :], args)
-    print(
-        f"target tok/s seqkit {seqkit:,.0f}, HF {hf:,.0f}, lean {lean:,.0f}; "
-        f"seqkit/HF {seqkit / hf:.2f}, seqkit/lean {seqkit / lean:.2f}"
-    )
+    line = (f"target tok/s seqkit {seqkit:,.0f}, HF {hf:,.0f}, lean {lean:,.0f}; "
+            f"seqkit/HF {seqkit / hf:.2f}, seqkit/lean {seqkit / lean:.2f}")  # fmt: skip
+    if compiled:
+        line += f"; seqkit compiled/eager {compiled[0] / seqkit:.2f}"
+    print(line)
 
 
 if __name__ == "__main__":
