@@ -18,6 +18,7 @@ import itertools
 import pickle
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # torch.save's format; PyTorch's own message is about mmap
+        raise ValueError(f"{path}: not a PyTorch checkpoint (the .ckpt files seqkit fit writes "
+                         "are zip archives)")  # fmt: skip
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:

@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from seqkit.export import CTRANSLATE2_COMPUTE_TYPES, CTRANSLATE2_QUANTIZATIONS
+
 if TYPE_CHECKING:
     from seqkit.translator import Translation, Translator
 
@@ -44,9 +46,6 @@ Using trained models:
 """
 ENGINES = ("seqkit", "ctranslate2", "onnxruntime")
 EXPORT_FORMATS = ("safetensors", "ctranslate2", "onnx")
-# CTranslate2's weight types (`ctranslate2.converters.Converter.convert(quantization=...)`).
-QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
-                 "bfloat16")  # fmt: skip
 # DecodingConfig field -> the flag that sets it, so that an error names what the user typed.
 FLAGS = {"beam_size": "--beam", "n_best": "--nbest", "alpha": "--alpha",
          "min_len": "--min-len", "max_len": "--max-len"}  # fmt: skip
@@ -54,11 +53,12 @@ SHOWN = 10  # line numbers a warning lists
 JSON_LINE_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
 
 
-def _decoding_args(parser: argparse.ArgumentParser) -> None:
+def _decoding_args(parser: argparse.ArgumentParser, engines: bool = False) -> None:
+    """The model and decoding flags; `engines`: the command also has --engine."""
     parser.add_argument("--model", required=True, help="model directory (seqkit export)")
     parser.add_argument("--beam", type=int, help="beam size, 1 = greedy (default: the model's)")
     parser.add_argument("--nbest", type=int, help="hypotheses per input, at most --beam")
-    parser.add_argument("--alpha", type=float, help="length penalty exponent (GNMT), >= 0")
+    parser.add_argument("--alpha", type=float, help="length penalty exponent (GNMT), 0 to 50")
     parser.add_argument("--min-len", type=int, help="fewest output tokens (EOS banned before)")
     parser.add_argument(
         "--max-len", type=int, help="most output tokens per sentence (default: 1.5 × source + 10)"
@@ -68,7 +68,12 @@ def _decoding_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compute-type",
         help="inference precision: float32 (default), bfloat16, or int8 (dynamic quantization, "
-        "CPU); with --engine ctranslate2 any CTranslate2 compute type (default: the export's)",
+        "CPU)"
+        + (
+            "; with --engine ctranslate2 any CTranslate2 compute type (default: the export's)"
+            if engines
+            else ""
+        ),
     )
 
 
@@ -115,15 +120,19 @@ def _input(path: str | None):
     return iter_lines(path)
 
 
-def _check_output(parser: argparse.ArgumentParser, src: str | None, out: str | None) -> None:
-    """Refuse an --out that would destroy --src or cannot be a file, before it is opened."""
+def _check_output(
+    parser: argparse.ArgumentParser, out: str | None, inputs: dict[str, str | None]
+) -> None:
+    """Refuse an --out that would destroy one of the command's `inputs` (flag: file) or
+    cannot be a file, before it is opened."""
     if out is None:
         return
     path = Path(out)
     if path.is_dir():
         _usage_error(parser, "--out", f"{out} is a directory")
-    if src not in (None, "-") and path.exists() and path.samefile(src):
-        _usage_error(parser, "--out", f"{out} is the --src file: it would be overwritten")
+    for flag, file in inputs.items():
+        if file not in (None, "-") and path.exists() and path.samefile(file):
+            _usage_error(parser, "--out", f"{out} is the {flag} file: it would be overwritten")
 
 
 class _Report:
@@ -197,7 +206,7 @@ def translate_main(argv: list[str]) -> None:
         "written in input order as soon as they are done): output line N belongs to input "
         "line N; empty lines stay empty.",
     )
-    _decoding_args(parser)
+    _decoding_args(parser, engines=True)
     parser.add_argument("--src", help="input file, .gz allowed (default: stdin)")
     parser.add_argument("--out", help="output file (default: stdout)")
     parser.add_argument(
@@ -228,15 +237,15 @@ def translate_main(argv: list[str]) -> None:
         _usage_error(parser, "--chunk-size", f"must be at least 1, got {args.chunk_size}")
     if args.resume and not args.out:
         _usage_error(parser, "--resume", "needs --out, the file to continue")
-    if args.engine != "seqkit":
-        _translate_with_engine(parser, args)
-        return
-    translator = _load(parser, args)
-    translator.check_text_source()
+    if args.engine == "seqkit":
+        translator = _load(parser, args)
+        translator.check_text_source()
+        decoding = translator.decoding
+    else:
+        translator, decoding = _engine(parser, args)
     _check_tgt_lang(parser, translator, args.tgt_lang)
     lines = _input(args.src)
-    _check_output(parser, args.src, args.out)
-    decoding = translator.decoding
+    _check_output(parser, args.out, {"--src": args.src})
     per_input = decoding.n_best if args.format == "text" and decoding.n_best > 1 else 1
     done = _resume_point(Path(args.out), per_input) if args.resume else 0
     if done:
@@ -244,9 +253,9 @@ def translate_main(argv: list[str]) -> None:
         print(f"resuming {args.out} after {done:,} lines of input", file=sys.stderr)
     report = _Report(text_output=args.format == "text", start=done)
     with _output(args.out, args.resume) as out:
-        stream = translator.translate_stream(
-            lines, max_tokens=args.max_tokens, chunk_size=args.chunk_size, tgt_lang=args.tgt_lang
-        )
+        options = {"max_tokens": args.max_tokens, "chunk_size": args.chunk_size,
+                   "tgt_lang": args.tgt_lang}  # fmt: skip
+        stream = translator.translate_stream(lines, decoding, **options)
         for index, translation in enumerate(stream, start=done):
             _write(out, index, translation, args.format, decoding.n_best)
             report.add(translation)
@@ -285,6 +294,10 @@ def _engine(parser: argparse.ArgumentParser, args: argparse.Namespace):
         if args.engine == "ctranslate2":
             from seqkit.export.ctranslate2 import CTranslate2Translator
 
+            if args.compute_type not in (None, *CTRANSLATE2_COMPUTE_TYPES):
+                types = ", ".join(CTRANSLATE2_COMPUTE_TYPES)
+                message = f"choose one of CTranslate2's {types}, got {args.compute_type!r}"
+                _usage_error(parser, "--compute-type", message)
             translator = CTranslate2Translator.from_directory(
                 args.model, device=args.device, compute_type=args.compute_type or "default"
             )
@@ -308,33 +321,6 @@ def _engine(parser: argparse.ArgumentParser, args: argparse.Namespace):
     except DecodingError as err:
         _usage_error(parser, FLAGS[err.field], err.reason)
     return translator, decoding
-
-
-def _translate_with_engine(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """`seqkit translate --engine ctranslate2|onnxruntime`: `--chunk-size` lines at a time,
-    each chunk written in input order (and flushed) as soon as it is done."""
-    from seqkit.translator import one_line
-
-    translator, decoding = _engine(parser, args)
-    _check_tgt_lang(parser, translator, args.tgt_lang)
-    lines = _input(args.src)
-    _check_output(parser, args.src, args.out)
-    done = _resume_point(Path(args.out), 1) if args.resume else 0
-    if done:
-        lines = itertools.islice(lines, done, None)
-        print(f"resuming {args.out} after {done:,} lines of input", file=sys.stderr)
-    report = _Report(text_output=True, start=done)
-    batch = {"max_tokens": args.max_tokens} if args.engine == "ctranslate2" else {}
-    batch["tgt_lang"] = args.tgt_lang
-    with _output(args.out, args.resume) as out:
-        while chunk := list(itertools.islice(lines, args.chunk_size)):
-            hyps = translator.translate(chunk, decoding, **batch)
-            out.write("".join(one_line(h) + "\n" for h in hyps))
-            out.flush()
-            report.n += len(chunk)
-            if sys.stderr.isatty():
-                report.progress(sys.stderr)
-    report.close(sys.stderr, None)
 
 
 def _resume_point(path: Path, per_input: int) -> int:
@@ -387,6 +373,7 @@ def evaluate_main(argv: list[str]) -> None:
     from seqkit.metrics import translation_scores
     from seqkit.translator import one_line
 
+    _check_output(parser, args.out, {"--src": args.src, "--ref": args.ref})
     sources, refs = list(_input(args.src)), list(_input(args.ref))
     if len(sources) != len(refs):
         sys.exit(
@@ -430,7 +417,7 @@ def export_main(argv: list[str]) -> None:
                         help="a LoRA adapter directory (adapter_config.json, "
                         "adapter_model.safetensors) to merge into the model directory SOURCE, "
                         "its base")  # fmt: skip
-    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+    parser.add_argument("--quantize", choices=CTRANSLATE2_QUANTIZATIONS,
                         help="weight type of a ctranslate2 export (default: float32)")  # fmt: skip
     args = parser.parse_args(argv)
     source = Path(args.source)

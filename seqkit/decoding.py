@@ -14,7 +14,6 @@ sentence's output never depends on the other sentences of its batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -59,7 +58,8 @@ class DecodingConfig:
     n_best: int = 1
     """Hypotheses returned per source, best first; at most beam_size."""
     alpha: float = 0.6
-    """GNMT length penalty exponent (Wu et al., 2016); 0 ranks by raw log-probability."""
+    """GNMT length penalty exponent (Wu et al., 2016); 0 ranks by raw log-probability. At most
+    `MAX_ALPHA`."""
     min_len: int = 0
     """Fewest output tokens: EOS is banned before them (Hugging Face's `min_new_tokens`,
     CTranslate2's `min_decoding_length`). min_len == max_len forces exactly that length."""
@@ -84,9 +84,19 @@ class DecodingConfig:
             raise DecodingError(
                 "n_best", f"must be between 1 and beam_size={self.beam_size}, got {self.n_best}"
             )
-        if not 0 <= self.alpha < math.inf:  # also refuses NaN
-            raise DecodingError("alpha", f"must be finite and >= 0, got {self.alpha}")
+        check_alpha(self.alpha)
         check_lengths(self.min_len, self.max_len)
+
+
+MAX_ALPHA = 50.0
+"""The largest length penalty exponent: ((5 + L) / 6) ** 50 stays a finite float for outputs
+of up to a million tokens, where a larger exponent overflows on long outputs."""
+
+
+def check_alpha(alpha: float) -> None:
+    """Raise `DecodingError` naming `alpha` unless 0 <= alpha <= `MAX_ALPHA` (NaN refused)."""
+    if not 0 <= alpha <= MAX_ALPHA:
+        raise DecodingError("alpha", f"must be between 0 and {MAX_ALPHA:g}, got {alpha}")
 
 
 def check_lengths(min_len: int, max_len: int | None) -> None:
@@ -274,6 +284,7 @@ def beam_search(
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best={n_best} must be between 1 and beam_size={beam_size}")
+    check_alpha(alpha)
     limits = _limits(max_len, src_mask)
     b, k = src.shape[0], beam_size
     memory = net.encode(src, src_mask)

@@ -24,7 +24,13 @@ from seqkit.decoding import search
 from seqkit.errors import DataError
 from seqkit.models import ModelConfig
 from seqkit.models.text2image import OFFSET, ImageTokens, TextToImageConfig
-from seqkit.pretrained import CONFIG_FILE, load_network, read_directory, save_directory
+from seqkit.pretrained import (
+    CONFIG_FILE,
+    check_output_model_directory,
+    load_network,
+    read_directory,
+    save_directory,
+)
 from seqkit.sampling import Decoding, SamplingConfig
 from seqkit.tokens import PAD
 
@@ -133,6 +139,7 @@ class ImageGenerator:
         """Write the codebook, then (`save_directory`) the weights, tokenizer.json, a model
         card and last config.json (with the prompt words, `max_cells` and `sampling`)."""
         directory = Path(directory)
+        check_output_model_directory(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).unlink(missing_ok=True)  # refused until config.json is back
         self.codebook.save(directory)
@@ -140,7 +147,7 @@ class ImageGenerator:
         fields = {"prompt_words": list(self.words), "max_cells": self.max_cells,
                   "sampling": asdict(self.sampling)}  # fmt: skip
         return save_directory(directory, self.config, self.net, fields, provenance,
-                              self.tokenizers)  # fmt: skip
+                              self.tokenizers, checked=True)  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> ImageGenerator:

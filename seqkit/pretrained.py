@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,59 @@ from seqkit.models import (
 )
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
+EXPORT_META_FILE = "seqkit.json"
+"""seqkit's own file in an export for another engine (`seqkit.export`), naming its format."""
 MISFIT = "the weights do not fit the model in config.json"
 # A tokenizer file larger than this per token of config.json's vocabulary (plus the slack) is
 # refused unread; seqkit's hold about 30 bytes a token, GPT-2's tokenizer.json 27.
 TOKEN_BYTES, SLACK_BYTES = 1024, 1 << 20
+
+
+def check_output_directory(
+    out: Path, kind: str, earlier: Callable[[Path], bool], source: Path | None = None
+) -> None:
+    """Refuse to write `kind` (e.g. "ONNX export") into `out` where it would overwrite or mix
+    with something else: the model directory `source` it is made from (or a folder holding
+    it), a file, or a folder holding files that is not an earlier output of the same kind
+    (`earlier(out)`), which the new one replaces.
+
+    Raises:
+        ValueError: naming `out` and what it holds.
+    """
+    out = Path(out)
+    if source is not None:
+        target, model = out.resolve(), Path(source).resolve()
+        if target == model or target in model.parents:
+            raise ValueError(f"{out}: would overwrite the model directory {source}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; give a new or empty directory")
+    if out.is_dir() and any(out.iterdir()) and not earlier(out):
+        found = export_format(out)
+        holds = f"a {found} export" if found else "files"
+        raise ValueError(f"{out}: holds {holds}, not an earlier {kind}; give a new or empty "
+                         "directory")  # fmt: skip
+
+
+def export_format(directory: Path) -> str | None:
+    """The format ("ctranslate2", "onnx") that an export's seqkit.json in `directory` names;
+    None where there is none."""
+    try:
+        meta = json.loads((Path(directory) / EXPORT_META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    format_ = meta.get("format") if isinstance(meta, dict) else None
+    return format_ if isinstance(format_, str) else None
+
+
+def check_output_model_directory(directory: Path) -> None:
+    """`check_output_directory` for a seqkit model directory."""
+    check_output_directory(directory, "seqkit model directory", is_model_directory)
+
+
+def is_model_directory(directory: Path) -> bool:
+    """Whether `directory` holds a seqkit model directory's weights (a whole one, or one whose
+    export was killed before config.json), and is not an engine's export."""
+    return (Path(directory) / WEIGHTS_FILE).is_file() and export_format(directory) is None
 
 
 def save_directory(
@@ -42,16 +91,22 @@ def save_directory(
     fields: dict[str, Any],
     provenance: dict[str, Any],
     tokenizers=None,
+    *,
+    checked: bool = False,
 ) -> Path:
     """Write a model directory: the weights, the tokenizers if any, the card, and last
     config.json, which holds `model_type`, `config`, the inference `fields` (decoding, image
     source, class names, ...) and `provenance` (training data by name, recipe, steps,
     metrics). An earlier config.json goes first and the new one is renamed into place, so an
     export that is killed leaves a directory that is refused, never one that loads as a mix
-    of two exports."""
+    of two exports. A `directory` holding anything but an earlier model directory is refused
+    (`check_output_directory`), unless the caller `checked` it before writing files of its
+    own there."""
     from seqkit import __version__
 
     directory = Path(directory)
+    if not checked:
+        check_output_model_directory(directory)
     directory.mkdir(parents=True, exist_ok=True)
     provenance = dict(provenance)
     if provenance.get("data"):

@@ -353,7 +353,8 @@ def main(argv: list[str]) -> None:
     add = parser.add_argument
     add("--model", required=True, metavar="DIR", help="model directory (seqkit export)")
     add("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    add("--port", type=int, default=8000, help="port (default: %(default)s)")
+    add("--port", type=int, default=8000, help="port, 0 to 65535; 0: any free one (default: "
+        "%(default)s)")  # fmt: skip
     add("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     add("--max-batch-sentences", type=int, metavar="N", default=defaults.max_batch_sentences,
         help="sentences gathered into one decode (default: %(default)s)")  # fmt: skip
@@ -368,6 +369,8 @@ def main(argv: list[str]) -> None:
     add("--max-beam-size", type=int, metavar="N", default=defaults.max_beam_size,
         help="widest beam a request may ask (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:  # uvicorn would listen on another port (modulo 65536)
+        parser.error(f"argument --port: must be between 0 and 65535, got {args.port}")
     try:
         config = ServeConfig(
             max_batch_sentences=args.max_batch_sentences,

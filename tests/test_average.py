@@ -187,7 +187,13 @@ def test_mismatches_name_both_files_and_the_key(run, tmp_path, change, message):
 def test_cli_errors_say_what_to_do(run, tmp_path, capsys):
     _, paths = run
     folder = str(paths[2].parent)
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     for argv, message in [
+        # Before: PyTorch's "mmap can only be used with files saved with torch.save(...)".
+        (
+            [str(tmp_path / "notes.txt"), "--out", "x"],
+            "notes.txt: not a PyTorch checkpoint (the .ckpt files seqkit fit writes are zip",
+        ),
         ([folder, "--out", "x"], "a directory needs --last N"),
         (["--last", "2", folder, folder, "--out", "x"], "--last N takes one directory"),
         (["--last", "9", folder, "--out", "x"], "found 3 checkpoint(s)"),

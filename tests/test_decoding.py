@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from seqkit.decoding import beam_search, greedy, length_penalty
+from seqkit.decoding import (
+    MAX_ALPHA,
+    DecodingConfig,
+    DecodingError,
+    beam_search,
+    greedy,
+    length_penalty,
+    search,
+)
 from seqkit.models import Transformer, TransformerConfig
 
 PAD, BOS, EOS = 0, 1, 2
@@ -159,6 +167,16 @@ class Scripted:
 
     def reorder_state(self, state, index):
         return state.index_select(0, index)
+
+
+def test_the_largest_length_penalty_exponent_decodes_and_a_larger_one_is_refused_by_name():
+    net, (src, mask) = peaked(0), sources(0)
+    assert length_penalty(10**6, MAX_ALPHA) < math.inf
+    for beam in (1, 3):  # greedy divides by the penalty too
+        hyps = search(net, src, mask, DecodingConfig(beam_size=beam, alpha=MAX_ALPHA, max_len=9))
+        assert all(math.isfinite(h[0].score) for h in hyps)
+    with pytest.raises(DecodingError, match=r"decoding\.alpha: must be between 0 and 50"):
+        beam_search(net, src, mask, beam_size=3, max_len=9, alpha=1000.0)  # overflowed before
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6])

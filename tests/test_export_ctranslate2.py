@@ -141,6 +141,49 @@ def test_export_and_translate_on_the_command_line(model, tmp_path):
     assert len(ct2_lines) == 3 and ct2_lines[1] == "" and ct2_lines[0]
 
 
+def test_every_engine_reports_cut_sources_and_translations_that_hit_their_limit(
+    model, tmp_path, capsys
+):
+    """The lines whose source was cut to max_positions (64 here) and whose translation ran
+    into --max-len are reported alike by every engine (the engines said nothing before)."""
+    pytest.importorskip("onnx")
+    from seqkit.export.onnx import export_onnx
+
+    model_dir = model[1]
+    dirs = {"seqkit": model_dir, "ctranslate2": export_ctranslate2(model_dir, tmp_path / "ct2"),
+            "onnxruntime": export_onnx(model_dir, tmp_path / "onnx")}  # fmt: skip
+    lines = ["forty-two", " ".join(["one hundred and eight"] * 30), "", "seven"]
+    (tmp_path / "src.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outputs, warnings = {}, {}
+    for engine, directory in dirs.items():
+        out = tmp_path / f"{engine}.txt"
+        main(["translate", "--engine", engine, "--model", str(directory), "--beam", "1",
+              "--max-len", "3", "--src", str(tmp_path / "src.txt"), "--out", str(out)])  # fmt: skip
+        outputs[engine] = out.read_text(encoding="utf-8").splitlines()
+        warnings[engine] = [w for w in capsys.readouterr().err.splitlines() if "warning" in w]
+    assert outputs["ctranslate2"] == outputs["onnxruntime"] == outputs["seqkit"]
+    assert warnings["seqkit"] == [
+        "warning: 1 source(s) longer than max_positions=64 tokens, cut: line(s) 2",
+        "warning: 3 translation(s) stopped at their length limit without ending: line(s) 1, 2, 4",
+    ]
+    assert warnings["ctranslate2"] == warnings["onnxruntime"] == warnings["seqkit"]
+
+
+def test_a_device_or_compute_type_ctranslate2_cannot_take_is_named(model, capsys):
+    """Named as the flag, not blamed on the export (before: "CT2_DIR: Invalid compute type")."""
+    export = str(model[1].parent / "ct2")  # the fixture's export
+    with pytest.raises(SystemExit) as exit_info:
+        main(["translate", "--engine", "ctranslate2", "--model", export, "--compute-type", "x8"])
+    assert exit_info.value.code == 2
+    assert "argument --compute-type: choose one of CTranslate2's" in capsys.readouterr().err
+    for device, words in [("tpu", "runs on cpu, cuda or cuda:N"), ("cpu:1", "runs on cpu"),
+                          ("cuda:99", "CUDA device(s) here")]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["translate", "--engine", "ctranslate2", "--model", export, "--device", device])
+        assert str(exit_info.value.code).startswith(f"seqkit translate: device {device!r}: ")
+        assert words in str(exit_info.value.code)
+
+
 def test_export_refuses_what_ctranslate2_cannot_run_in_one_line(tokenizers, tmp_path):
     config = RNNConfig(src_vocab_size=300, tgt_vocab_size=300, embed_dim=16, hidden_size=16)
     rnn = Translator(build_model(config).eval(), tokenizers).save_pretrained(tmp_path / "rnn")
@@ -167,6 +210,39 @@ def test_an_export_never_deletes_a_directory_it_did_not_write(model, tmp_path):
     assert (model[1] / "model.safetensors").is_file()
     export_ctranslate2(model[1], tmp_path / "ct2")
     export_ctranslate2(model[1], tmp_path / "ct2", quantization="int8")  # over an export: fine
+
+
+def test_no_writer_mixes_its_output_with_another_kind_of_directory(model, tmp_path):
+    """A model directory, a CTranslate2 export and an ONNX export each replace only an earlier
+    one of their own kind: each other's directories and a folder of the user's files are
+    refused by name and left as they were (before, an ONNX export wrote into any of them, and
+    a CTranslate2 export deleted an ONNX one)."""
+    pytest.importorskip("onnx")
+    from seqkit.export.onnx import OnnxTranslator, export_onnx
+
+    translator, model_dir, _ = model
+    outs = {
+        "seqkit model directory": lambda out: translator.save_pretrained(out),
+        "CTranslate2 export": lambda out: export_ctranslate2(model_dir, out),
+        "ONNX export": lambda out: export_onnx(model_dir, out),
+    }
+    made = {kind: write(tmp_path / kind.split()[0]) for kind, write in outs.items()}
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "README.md").write_text("keep me")
+    for kind, write in outs.items():
+        for other in [*(made[k] for k in outs if k != kind), tmp_path / "mine"]:
+            before = {f.name: f.read_bytes() for f in sorted(other.iterdir()) if f.is_file()}
+            with pytest.raises(ValueError, match=rf"{other}: holds .*, not an earlier {kind}"):
+                write(other)
+            assert {f.name: f.read_bytes() for f in other.iterdir() if f.is_file()} == before
+        assert write(made[kind]) == made[kind]  # its own earlier output: replaced
+    expected = translator.translate(["one", "seven"])
+    assert Translator.from_pretrained(made["seqkit model directory"]).translate(
+        ["one", "seven"]) == expected  # fmt: skip
+    assert CTranslate2Translator.from_directory(made["CTranslate2 export"]).translate(
+        ["one", "seven"]) == expected  # fmt: skip
+    assert OnnxTranslator.from_directory(made["ONNX export"]).translate(
+        ["one", "seven"]) == expected  # fmt: skip
 
 
 def test_a_missing_ctranslate2_names_the_extra(model, tmp_path, monkeypatch):

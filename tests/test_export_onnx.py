@@ -199,7 +199,7 @@ def test_what_is_not_an_export_or_missing_is_refused_by_name(models, monkeypatch
     seqkit.save_pretrained(model_dir)
     with pytest.raises(FileNotFoundError, match=r"seqkit\.json: not found"):
         OnnxTranslator.from_directory(model_dir)
-    with pytest.raises(ValueError, match="into the model directory"):
+    with pytest.raises(ValueError, match="would overwrite the model directory"):
         export_onnx(model_dir, model_dir)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / META_FILE).write_text(json.dumps({"format": "ctranslate2"}))

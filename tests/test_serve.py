@@ -164,6 +164,7 @@ def test_health_names_the_model(server, model_dir):
         ({"texts": ["one"], "max_len": MAX_CHARS + 1}, "max_len", f"or equal to {MAX_CHARS}"),
         ({"texts": ["one"], "min_len": MAX_CHARS + 1}, "min_len", f"or equal to {MAX_CHARS}"),
         ({"texts": ["one"], "beam_size": 65}, "beam_size", "less than or equal to 64"),
+        ({"texts": ["one"], "alpha": 1e308}, "alpha", "decoding.alpha: must be between 0 and 50"),
         ({}, "texts", "Field required"),
     ],
 )
@@ -308,6 +309,12 @@ def test_main_names_a_missing_model_directory_and_a_bad_option(tmp_path, capsys)
         main(["--model", str(tmp_path), "--max-batch-sentences", "0"])
     assert exit_.value.code == 2
     assert "max_batch_sentences must be at least 1" in capsys.readouterr().err
+    for port in ("99999", "-1"):  # uvicorn took 99999 and listened on 34463
+        with pytest.raises(SystemExit) as exit_:
+            main(["--model", str(tmp_path), "--port", port])
+        assert exit_.value.code == 2
+        message = f"argument --port: must be between 0 and 65535, got {port}"
+        assert message in capsys.readouterr().err
 
 
 def test_main_loads_the_model_on_the_thread_that_decodes(model_dir, monkeypatch):

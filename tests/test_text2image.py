@@ -256,6 +256,17 @@ def test_generate_refuses_bad_prompts_in_one_line(model_dir, tmp_path, args, mes
     assert not (tmp_path / "g.png").exists()
 
 
+def test_export_to_ctranslate2_refuses_it_by_its_kind(model_dir, tmp_path):
+    pytest.importorskip("ctranslate2")
+    from seqkit.export.ctranslate2 import export_ctranslate2
+
+    # Before, it was refused as "not one of TransformerConfig, RNNConfig, ..." (a list of
+    # configs CTranslate2 cannot run either).
+    with pytest.raises(ValueError, match="holds a transformer-text2image model; CTranslate2 "):
+        export_ctranslate2(model_dir, tmp_path / "ct2")
+    assert not (tmp_path / "ct2").exists()
+
+
 def test_generate_needs_out_for_images_and_refuses_it_for_text(model_dir, capsys):
     with pytest.raises(SystemExit) as info:
         main(["generate", "--model", str(model_dir), "--prompt", "seven"])

@@ -185,7 +185,7 @@ def test_a_source_longer_than_max_positions_is_cut_and_flagged(tokenizers):
     [({"beam_size": 0}, "beam_size"), ({"n_best": 6}, "n_best"), ({"alpha": -1.0}, "alpha"),
      ({"min_len": -1}, "min_len"), ({"max_len": 0}, "max_len"),
      ({"min_len": 9, "max_len": 3}, "min_len"), ({"alpha": float("inf")}, "alpha"),
-     ({"alpha": float("nan")}, "alpha")],
+     ({"alpha": float("nan")}, "alpha"), ({"alpha": 50.5}, "alpha")],
 )  # fmt: skip
 def test_decoding_config_names_the_field_it_refuses(changes, field):
     with pytest.raises(DecodingError, match=rf"decoding\.{field}:") as info:
@@ -243,7 +243,8 @@ def test_line_breaks_inside_a_hypothesis_never_break_line_alignment(
      (["--beam", "-1"], "argument --beam: must be at least 1, got -1"),
      (["--beam", "2", "--nbest", "3"], "argument --nbest: must be between 1 and beam_size=2"),
      (["--max-tokens", "0"], "argument --max-tokens: must be at least 1, got 0"),
-     (["--alpha", "-0.5"], "argument --alpha: must be finite and >= 0, got -0.5"),
+     (["--alpha", "-0.5"], "argument --alpha: must be between 0 and 50, got -0.5"),
+     (["--alpha", "1000"], "argument --alpha: must be between 0 and 50, got 1000.0"),
      (["--min-len", "9", "--max-len", "3"], "argument --min-len: min_len=9 exceeds max_len=3")],
 )  # fmt: skip
 def test_bad_decoding_options_exit_2_with_one_line_naming_the_option(flags, message):
@@ -338,6 +339,19 @@ def test_outputs_are_checked_before_they_are_opened(tmp_path):
     assert not out.exists()
     result = seqkit("translate", "--model", model, "--device", "foo", stdin="seven\n")
     assert result.returncode == 1 and "device 'foo'" in result.stderr
+
+
+@pytest.mark.parametrize("overwritten", ["--src", "--ref"])
+def test_evaluate_refuses_an_out_that_is_one_of_its_inputs(overwritten, tmp_path):
+    files = {"--src": tmp_path / "src.txt", "--ref": tmp_path / "ref.txt"}
+    files["--src"].write_text("seven\n")
+    files["--ref"].write_text("sieben\n")
+    inputs = [str(x) for flag, file in files.items() for x in (flag, file)]
+    result = seqkit("evaluate", "--model", str(LEGACY / "transformer"), *inputs,
+                    "--out", str(files[overwritten]))  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"argument --out: {files[overwritten]} is the {overwritten} file" in result.stderr
+    assert (files["--src"].read_text(), files["--ref"].read_text()) == ("seven\n", "sieben\n")
 
 
 def test_each_loader_names_the_kind_of_model_a_directory_holds(tmp_path):

@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,9 @@ from torch import nn
 from seqkit.data.tags import source_tag_id, tag_sources, target_languages
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig
+from seqkit.export import CTRANSLATE2_COMPUTE_TYPES
 from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+from seqkit.translator import Scored, Translation
 
 META_FILE = "seqkit.json"
 """seqkit's file in an export (CTranslate2 writes config.json itself)."""
@@ -114,10 +116,12 @@ def export_ctranslate2(
 def _check_exportable(model_dir: Path) -> None:
     """Refuse, naming the model type, what CTranslate2 cannot run as seqkit does."""
     from seqkit.models import ImageModelConfig, LMConfig, ModelConfig, model_type, read_model_config
+    from seqkit.models.text2image import TextToImageConfig
     from seqkit.models.transformer import TransformerConfig
 
-    meta, config = read_model_config(model_dir, ModelConfig | ImageModelConfig | LMConfig)
-    if not isinstance(config, TransformerConfig):
+    every = ModelConfig | ImageModelConfig | LMConfig | TextToImageConfig
+    meta, config = read_model_config(model_dir, every)
+    if type(config) is not TransformerConfig:  # not a subclass either (a text-to-image model)
         raise ValueError(
             f"{model_dir}: holds a {model_type(config)} model; CTranslate2 runs only seqkit's "
             "Transformer seq2seq models (use --format onnx for the others)"
@@ -130,14 +134,15 @@ def _check_exportable(model_dir: Path) -> None:
 
 
 def _check_output(model_dir: Path, out_dir: Path) -> None:
-    """The converter deletes `out_dir` first: only an empty place or an earlier export."""
-    if out_dir.resolve() == model_dir.resolve() or out_dir.resolve() in model_dir.resolve().parents:
-        raise ValueError(f"{out_dir}: would overwrite the model directory {model_dir}")
-    if out_dir.is_file() or (
-        out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file()
-    ):
-        raise ValueError(f"{out_dir}: exists and is not an earlier CTranslate2 export; "
-                         "give a new or empty directory")  # fmt: skip
+    """The converter deletes `out_dir` first: only an empty place or an earlier CTranslate2
+    export (one killed before its seqkit.json holds CTranslate2's model.bin)."""
+    from seqkit.pretrained import check_output_directory, export_format
+
+    def earlier(d: Path) -> bool:
+        found = export_format(d)
+        return found == FORMAT or (found is None and (d / "model.bin").is_file())
+
+    check_output_directory(out_dir, "CTranslate2 export", earlier, source=model_dir)
 
 
 def transformer_spec(net: nn.Module, tokenizers: Tokenizers):
@@ -261,12 +266,19 @@ class CTranslate2Translator:
         Raises:
             ImportError: naming the extra, without ctranslate2.
             FileNotFoundError: for a missing directory.
-            ValueError: naming the directory, when it is not a seqkit CTranslate2 export or
-                the device or compute type is refused.
+            ValueError: naming the device or compute type that CTranslate2 cannot take, or
+                the directory, when it is not a seqkit CTranslate2 export.
         """
         ct2, path = _ctranslate2(), Path(path)
         meta = read_export(path)
         kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+            raise ValueError(f"device {device!r}: CTranslate2 runs on cpu, cuda or cuda:N")
+        if kind == "cuda" and int(index or 0) >= (n := ct2.get_cuda_device_count()):
+            raise ValueError(f"device {device!r}: CTranslate2 sees {n} CUDA device(s) here")
+        if compute_type not in CTRANSLATE2_COMPUTE_TYPES:
+            raise ValueError(f"compute type {compute_type!r}: CTranslate2 takes one of "
+                             f"{', '.join(CTRANSLATE2_COMPUTE_TYPES)}")  # fmt: skip
         try:
             model = ct2.Translator(str(path), device=kind, device_index=int(index or 0),
                                    compute_type=compute_type, inter_threads=inter_threads,
@@ -313,17 +325,54 @@ class CTranslate2Translator:
         """
         if isinstance(lines, str | bytes):
             raise TypeError("give a list of lines, not one string: translate([text])")
-        decoding = decoding or self.decoding
+        chunk = self._translate_chunk(list(lines), decoding or self.decoding, max_tokens, tgt_lang)
+        return [list(translation.hypotheses) for translation in chunk]
+
+    def translate_stream(
+        self,
+        lines: Iterable[str],
+        decoding: DecodingConfig | None = None,
+        *,
+        max_tokens: int = 4096,
+        chunk_size: int = 2000,
+        tgt_lang: str | None = None,
+    ) -> Iterator[Translation]:
+        """`translate_nbest` as `Translator.translate_stream` does it: `chunk_size` lines at a
+        time, yielded in input order as soon as the chunk is done, each a `Translation` that
+        also says whether its source was cut to `max_positions` and whether its best
+        hypothesis ran into its length limit without ending.
+
+        Raises:
+            TypeError: for one string instead of lines.
+            ValueError: for `chunk_size` < 1, or a `tgt_lang` the export does not write.
+        """
+        if isinstance(lines, str | bytes):
+            raise TypeError("give lines, not one string: translate_stream([text])")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+        decoding, iterator = decoding or self.decoding, iter(lines)
+        while chunk := list(itertools.islice(iterator, chunk_size)):
+            yield from self._translate_chunk(chunk, decoding, max_tokens, tgt_lang)
+
+    def _translate_chunk(
+        self, lines: list[str], decoding: DecodingConfig, max_tokens: int, tgt_lang: str | None
+    ) -> list[Translation]:
         tag = self.tag_id(tgt_lang)
         todo = [i for i, line in enumerate(lines) if line.strip()]
-        out = [[("", 0.0)] * decoding.n_best for _ in lines]
+        out = [Translation((Scored("", 0.0),) * decoding.n_best)] * len(lines)  # immutable
         ids = self.tokenizers.encode_source([lines[i] for i in todo])
         if tag is not None:
             ids = tag_sources(ids, [tag] * len(ids))
         results = self._search(ids, decoding, max_tokens)
-        for i, hyps in zip(todo, results, strict=True):
+        for i, source, hyps in zip(todo, ids, results, strict=True):
             texts = self.tokenizers.decode_target([h for h, _ in hyps])
-            out[i] = [(t, s) for t, (_, s) in zip(texts, hyps, strict=True)]
+            # Without EOS, a hypothesis as long as its limit never ended (EOS counts in it).
+            limit = self.length_limit(min(len(source), self.max_positions), decoding)
+            out[i] = Translation(
+                tuple(Scored(t, s) for t, (_, s) in zip(texts, hyps, strict=True)),
+                hit_limit=len(hyps[0][0]) >= limit,
+                source_truncated=len(source) > self.max_positions,
+            )
         return out
 
     def translate_ids(

@@ -176,12 +176,19 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> Path:
     Raises:
         ImportError: naming the extra, without onnx.
         FileNotFoundError: for a missing model directory, config or weights.
-        ValueError: for `out` being the model directory, or a model directory seqkit refuses.
+        ValueError: for a model directory seqkit refuses, or an `out` that is the model
+            directory, a file, or a folder holding anything but an earlier ONNX export.
     """
+    from seqkit.pretrained import check_output_directory, export_format
+
     onnx = _require("onnx")
     model_dir, out = Path(model_dir), Path(out)
-    if out.resolve() == model_dir.resolve():
-        raise ValueError(f"{out}: would write the export into the model directory {model_dir}")
+
+    def earlier(d: Path) -> bool:  # one killed before its seqkit.json holds the graphs
+        found = export_format(d)
+        return found == FORMAT or (found is None and (d / ENCODER_FILE).is_file())
+
+    check_output_directory(out, "ONNX export", earlier, source=model_dir)
     translator = Translator.from_pretrained(model_dir)
     (out / META_FILE).unlink(missing_ok=True)  # written last: a killed export is refused
     encoder, step = wrappers(translator.net.eval())
