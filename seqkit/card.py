@@ -103,6 +103,30 @@ def checkpoint_provenance(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return provenance
 
 
+def public_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """`provenance` as a model directory keeps it: the training data, the model it was
+    fine-tuned from (`init_from`) and the recipe(s) named without the local paths of the
+    machine it was trained on (a recipe of seqkit's own `recipes/` as `recipes/NAME`)."""
+    out = dict(provenance)
+    if out.get("data"):
+        out["data"] = public_data(out["data"])
+    if isinstance(out.get("init_from"), str):
+        out["init_from"] = data_name(out["init_from"])
+    if isinstance(out.get("recipe"), str):
+        out["recipe"] = " ".join(_recipe_name(path) for path in out["recipe"].split())
+    return out
+
+
+def _recipe_name(path: str) -> str:
+    local = Path(path).expanduser().resolve()
+    own = RECIPES / local.name
+    return f"recipes/{local.name}" if own.is_file() and own.samefile(local) else local.name
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+"""seqkit's own recipes (beside the package in a source checkout)."""
+
+
 def public_data(data: dict[str, Any]) -> dict[str, Any]:
     """Training-data provenance with local paths reduced to file or directory names."""
     return {k: data_name(v) if k in DATA_PATH_KEYS and isinstance(v, str) else v

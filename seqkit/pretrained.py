@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from seqkit.card import model_card, public_data
+from seqkit.card import model_card, public_provenance
 from seqkit.errors import DataError
 from seqkit.models import (
     ImageModelConfig,
@@ -108,9 +108,7 @@ def save_directory(
     if not checked:
         check_output_model_directory(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    provenance = dict(provenance)
-    if provenance.get("data"):
-        provenance["data"] = public_data(provenance["data"])
+    provenance = public_provenance(provenance)
     config_dict = config_to_dict(config)
     meta = {"model_type": model_type(config), "config": config_dict, **fields,
             "provenance": provenance, "seqkit_version": __version__}  # fmt: skip

@@ -168,7 +168,9 @@ def test_resuming_continues_the_step_count_and_schedule(fitted):
     last = fitted / "lightning_logs/version_0/checkpoints/last.ckpt"
     state = torch.load(last, weights_only=True)
     first_export = (fitted / "lightning_logs/version_0/model/model.safetensors").read_bytes()
-    cli = cli_main(["fit", *corpus_args(fitted), f"--ckpt_path={last}", "--trainer.max_epochs=7"])
+    # `last` is the newest run's last.ckpt (before, Lightning looked in the new run's own
+    # empty folder, warned, and trained from step 0).
+    cli = cli_main(["fit", *corpus_args(fitted), "--ckpt_path=last", "--trainer.max_epochs=7"])
     trainer = cli.trainer
     # The resumed run exports into its own directory, never into the run it resumed.
     assert Path(trainer.log_dir).name != "version_0"
@@ -187,10 +189,43 @@ def test_resuming_continues_the_step_count_and_schedule(fitted):
     assert scheduler.last_epoch == trainer.global_step  # one schedule, continued
 
 
+def test_a_setting_refused_while_setting_up_is_one_line_too(tmp_path):
+    """Refused in the data module's setup, not at instantiation (a traceback before)."""
+    (tmp_path / "train.en").write_text("one\n")
+    recipe = str(ROOT / "recipes/transformer-multi30k.yaml")
+    result = seqkit("fit", "--config", recipe, f"--data.path={tmp_path}", "--data.held_out=5",
+                    f"--trainer.default_root_dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "seqkit fit: held_out=5 needs path= to be one table file"
+    )
+
+
+def test_resuming_from_last_without_a_last_checkpoint_is_one_line(tmp_path):
+    recipe = str(ROOT / "recipes/transformer-multi30k.yaml")
+    result = seqkit("fit", "--config", recipe, "--data.path=/nowhere", "--ckpt_path=last",
+                    f"--trainer.default_root_dir={tmp_path}")  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"seqkit fit: --ckpt_path last: no last.ckpt in {tmp_path}/*/version_*/checkpoints/"
+        )
+    )
+
+
 @pytest.mark.parametrize(
     "option, message",
     [("--data.max_tokens=100", "max_tokens=100 must be >= max_length=256"),
-     ("--data.held_out=-1", "held_out must be >= 0, got -1")],
+     ("--data.held_out=-1", "held_out must be >= 0, got -1"),
+     # Each of these trained before (lr -1: a traceback from torch's AdamW).
+     ("--model.init_args.optimizer.lr=-1", "optimizer.lr must be a number > 0, got -1.0"),
+     ("--model.init_args.optimizer.weight_decay=-1",
+      "optimizer.weight_decay must be a number >= 0, got -1.0"),
+     ("--model.init_args.optimizer.warmup_steps=-5",
+      "optimizer.warmup_steps must be an int >= 0, got -5"),
+     ("--model.init_args.label_smoothing=1.5", "label_smoothing must be in [0, 1), got 1.5")],
 )  # fmt: skip
 def test_a_refused_setting_is_one_line_naming_it(option, message):
     recipe = str(ROOT / "recipes/transformer-multi30k.yaml")

@@ -83,6 +83,15 @@ def test_table_files(tmp_path: Path, suffix: str) -> None:
     assert pairs(loaded["test"]) == list(zip(en, de, strict=True))
 
 
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".jsonl", ".json"])
+def test_a_byte_order_mark_opening_a_table_is_read_as_in_text_files(tmp_path, suffix) -> None:
+    # Before: "no column 'en'; columns are ['\ufeffen', 'de']" (CSV, TSV) or invalid JSON.
+    path = write_table(tmp_path / f"data{suffix}", {"en": EN[:2], "de": DE[:2]})
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Excel's "CSV UTF-8" writes
+    loaded = load_pairs(str(path), "en", "de", {"test": "data"})
+    assert pairs(loaded["test"]) == list(zip(EN[:2], DE[:2], strict=True))
+
+
 def test_table_with_named_columns_feeds_every_stage(tmp_path: Path) -> None:
     path = write_table(tmp_path / "d.jsonl", {"question": EN, "answer": DE})
     loaded = load_pairs(str(path), "en", "de", {"val": "d", "test": "d"}, "question", "answer")

@@ -131,3 +131,22 @@ def test_an_export_stopped_halfway_over_an_earlier_one_is_refused_not_mixed(tmp_
         Translator.from_pretrained(out)
     assert translator.save_pretrained(out) == out  # exporting again repairs it
     assert Translator.from_pretrained(out).translate(["one"]) == translator.translate(["one"])
+
+
+def test_a_model_directory_names_its_origins_without_local_paths(tmp_path):
+    """The data, the model fine-tuned from and the recipe by name (init_from and the recipe
+    kept the training machine's absolute paths before)."""
+    translator = Translator.from_pretrained(LEGACY / "transformer")
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    translator.provenance = {
+        "data": {"path": str(tmp_path / "corpora" / "my.tsv")},
+        "init_from": str(tmp_path / "models" / "base"),
+        "recipe": f"{recipes / 'finetune.yaml'} {tmp_path / 'mine.yaml'}",
+    }
+    out = translator.save_pretrained(tmp_path / "model")
+    provenance = json.loads((out / "config.json").read_text())["provenance"]
+    assert provenance["data"]["path"] == "my.tsv"
+    assert provenance["init_from"] == "base"
+    assert provenance["recipe"] == "recipes/finetune.yaml mine.yaml"
+    for name in ("config.json", "README.md"):
+        assert str(tmp_path) not in (out / name).read_text(), name

@@ -158,8 +158,10 @@ def _read_table(
 
 
 def _decode(path: Path) -> str:
+    """The UTF-8 text of a table file, without a leading byte order mark (Excel's "CSV UTF-8"
+    writes one), as `iter_lines` reads text files."""
     try:
-        return _utf8(path.read_bytes(), str(path))
+        return _utf8(path.read_bytes(), str(path)).removeprefix("\ufeff")
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
 

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from seqkit.labeler import Labeler
+from seqkit.lit.loss import check_label_smoothing
 from seqkit.lit.nonfinite import NonFiniteGuard
 from seqkit.lit.optim import (
     OptimizerConfig,
@@ -72,7 +73,7 @@ class Classifier(L.LightningModule):
             config_from_dict(config, union=ImageModelConfig) if isinstance(config, dict) else config
         )
         self.optim_config = as_config(OptimizerConfig, optimizer)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.guard = NonFiniteGuard(nonfinite_patience)
         self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`
         self._update_hparams()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -66,6 +67,9 @@ class SeqkitCLI(LightningCLI):
         the command line's. Keep what a resumed run may change as given (RESUMABLE), and
         refuse an architecture that differs from the checkpoint's, naming the fields."""
         subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path") == "last":
+            root = self.config[subcommand].trainer.get("default_root_dir") or "."
+            self.config[subcommand].ckpt_path = str(last_checkpoint(Path(root)))
         given = self.config[subcommand].clone() if subcommand else None
         super()._parse_ckpt_path()
         if given is None or "init_args" not in (given.get("model") or {}):
@@ -90,6 +94,17 @@ class SeqkitCLI(LightningCLI):
         for key in RESUMABLE:
             if key in given:
                 resumed[key] = given[key]
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a ValueError that seqkit's own code raised while setting up (a data module
+        or model refusing a setting or an input, by name) ends the command with its message,
+        as at instantiation. One raised elsewhere (a library's internals) keeps its traceback."""
+        try:
+            super()._run_subcommand(subcommand)
+        except ValueError as err:
+            if isinstance(err, ConfigError) or not _raised_by_seqkit(err):
+                raise
+            raise ConfigError(str(err)) from err
 
     def instantiate_classes(self) -> None:
         """Instantiate, then hand a fine-tuned model's tokenizer to the data module.
@@ -215,6 +230,38 @@ def run_directory(trainer: L.Trainer) -> Path:
     version = getattr(trainer.logger, "version", None)
     name = f"version_{version}" if version is not None else time.strftime("run-%Y%m%d-%H%M%S")
     return Path(trainer.default_root_dir) / name
+
+
+def last_checkpoint(root: Path) -> Path:
+    """The newest `last.ckpt` (or Lightning's `last-vN.ckpt`) of the runs under `root`
+    (`ROOT/LOGGER/version_N/checkpoints/`), which `--ckpt_path last` resumes: Lightning alone
+    looks in the new run's own, empty, folder and starts over.
+
+    Raises:
+        ConfigError: naming the folders searched, when there is none.
+    """
+    pattern = "*/version_*/checkpoints/last*.ckpt"
+    found = [p for p in root.glob(pattern) if p.is_file()]
+    if not found:
+        hint = "give the checkpoint's path, or save one with ModelCheckpoint(save_last=True)"
+        raise ConfigError(f"--ckpt_path last: no last.ckpt in {root / pattern}; {hint}")
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    print(f"resuming from {newest}", file=sys.stderr)
+    return newest
+
+
+def _raised_by_seqkit(err: BaseException) -> bool:
+    """Whether the innermost frame of `err`'s traceback is seqkit's own code."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
+
+
+PACKAGE = Path(__file__).resolve().parents[1]
+"""The seqkit package's directory."""
 
 
 def _first_cause(err: BaseException) -> BaseException:

@@ -25,3 +25,10 @@ def label_smoothed_nll(
         return nll, nll.detach(), n_tokens
     uniform = -(logp.sum(-1) * keep).sum() / (n_tokens * logp.shape[-1])
     return (1.0 - smoothing) * nll + smoothing * uniform, nll.detach(), n_tokens
+
+
+def check_label_smoothing(value: float) -> float:
+    """`value`, or a ValueError naming label_smoothing unless 0 <= value < 1."""
+    if not 0 <= value < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {value}")
+    return value

@@ -30,6 +30,21 @@ class OptimizerConfig:
     min_lr_ratio: float = 0.0
     """Floor of the cosine schedule, as a fraction of `lr`."""
 
+    def __post_init__(self) -> None:
+        """Raises ValueError naming the first field out of range (NaN included)."""
+        checks = [
+            ("lr", 0 < self.lr < math.inf, "a number > 0"),
+            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+             "two numbers in [0, 1)"),
+            ("eps", 0 < self.eps < math.inf, "a number > 0"),
+            ("weight_decay", 0 <= self.weight_decay < math.inf, "a number >= 0"),
+            ("warmup_steps", self.warmup_steps >= 0, "an int >= 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+        ]  # fmt: skip
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"optimizer.{name} must be {want}, got {getattr(self, name)}")
+
 
 def lr_factor(step: int, config: OptimizerConfig, total_steps: int) -> float:
     """Multiplier of the peak learning rate at optimizer step `step` (0-based)."""

@@ -19,7 +19,7 @@ from seqkit.data.tokenizer import Tokenizers
 from seqkit.data.vocab_extension import extends
 from seqkit.decoding import DecodingConfig
 from seqkit.lit import finetune
-from seqkit.lit.loss import label_smoothed_nll
+from seqkit.lit.loss import check_label_smoothing, label_smoothed_nll
 from seqkit.lit.nonfinite import NonFiniteGuard
 from seqkit.lit.optim import (
     OptimizerConfig,
@@ -90,7 +90,7 @@ class Seq2Seq(PairsWithData):
         self.config = config
         self.optim_config = as_config(OptimizerConfig, optimizer)
         self.decoding = as_config(DecodingConfig, decoding)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.guard = NonFiniteGuard(nonfinite_patience)
         self.init_from, self.freeze = init_from, list(freeze or ())
         self.save_hyperparameters()  # keeps the CLI's class path, for `--ckpt_path`

@@ -18,7 +18,7 @@ from seqkit.codebook import PatchCodebook
 from seqkit.data.text2image import TextToImageInputs
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.image_generator import ImageGenerator, image_grid, prompt_words, save_png
-from seqkit.lit.loss import label_smoothed_nll
+from seqkit.lit.loss import check_label_smoothing, label_smoothed_nll
 from seqkit.lit.nonfinite import NonFiniteGuard
 from seqkit.lit.optim import OptimizerConfig, as_config, configure_adamw
 from seqkit.lit.pairing import PairsWithData
@@ -57,7 +57,7 @@ class TextToImage(PairsWithData):
         self.config = config
         self.optim_config = as_config(OptimizerConfig, optimizer)
         self.sampling = as_config(SamplingConfig, sampling)
-        self.label_smoothing = label_smoothing
+        self.label_smoothing = check_label_smoothing(label_smoothing)
         self.guard = NonFiniteGuard(nonfinite_patience)
         self.save_hyperparameters()
         self._update_hparams()
