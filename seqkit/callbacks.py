@@ -29,12 +29,14 @@ class TokensPerSecond(L.Callback):
     per second; for a language model, the tokens it predicts.
 
     `train/tokens_per_sec` covers the steps since the last log; at the end of fitting the
-    run's totals are printed, so that benchmarks and users read one comparable figure.
+    run's totals are printed, so that benchmarks and users read one comparable figure, with
+    the rows per second: sentence pairs, or a language model's windows.
     """
 
     def __init__(self) -> None:
         self.tokens = 0
         self.sequences = 0
+        self.rows = "pairs"  # what a batch's rows are
         self.seconds = 0.0
         self._window_tokens = 0
         self._window_start = 0.0
@@ -49,6 +51,7 @@ class TokensPerSecond(L.Callback):
         now = time.perf_counter()
         if "target" in batch:  # a language model's window: the tokens it predicts
             tokens, rows = int((batch["target"] != PAD).sum()), len(batch["target"])
+            self.rows = "windows"
         else:
             src_mask = batch.get("src_mask")  # image patches come with theirs
             src_tokens = (batch["src"] != PAD).sum() if src_mask is None else src_mask.sum()
@@ -69,7 +72,8 @@ class TokensPerSecond(L.Callback):
             pairs = self.sequences / self.seconds * trainer.world_size
             print(
                 f"trained on {self.tokens * trainer.world_size:,} tokens in "
-                f"{self.seconds:.0f} s of steps: {rate:,.0f} tokens/s, {pairs:,.1f} pairs/s"
+                f"{self.seconds:.0f} s of steps: {rate:,.0f} tokens/s, {pairs:,.1f} "
+                f"{self.rows}/s"
             )
 
 

@@ -241,3 +241,25 @@ def test_a_recipe_trains_exports_and_resumes_through_the_cli(tmp_path, recipe, o
     main(["fit", "--config", str(ROOT / f"recipes/{recipe}.yaml"), *tiny, *size, *options,
           "--trainer.max_steps=9", f"--ckpt_path={checkpoint}"])  # fmt: skip
     assert "model written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "batch, rows",
+    [({"target": torch.tensor([[5, 6, 7], [8, 9, PAD]])}, "windows"),  # "pairs/s" before
+     ({"src": torch.tensor([[5, 6], [7, PAD]]), "tgt_out": torch.tensor([[5, 6], [7, 8]])},
+      "pairs")],
+)  # fmt: skip
+def test_the_throughput_line_names_a_language_models_rows_as_windows(batch, rows, capsys):
+    from types import SimpleNamespace
+
+    from seqkit.callbacks import TokensPerSecond
+
+    counter = TokensPerSecond()
+    trainer = SimpleNamespace(global_step=1, log_every_n_steps=50, world_size=1,
+                              is_global_zero=True)  # fmt: skip
+    counter.on_train_batch_start(trainer, None, batch, 0)
+    counter.on_train_batch_end(trainer, None, None, batch, 0)
+    counter.on_train_end(trainer, None)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"trained on {5 if rows == 'windows' else 7} tokens in ")
+    assert line.endswith(f" {rows}/s")
