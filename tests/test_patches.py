@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED_DATA
 
-from seqkit.data.images import IDX_IMAGES, IDX_LABELS, load_images, read_idx
+from seqkit.data.images import IDX_IMAGES, IDX_LABELS, eight_bit, load_images, read_idx
 from seqkit.data.patches import ImageData
 from seqkit.data.sources import DataError
 from seqkit.models.patches import normalize, patchify, unpatchify
@@ -352,3 +352,28 @@ def test_load_images_from_arrays_and_files(tmp_path):
         load_images([gray, gray[:4, :4]])
     with pytest.raises(DataError, match=r"missing\.png: cannot read"):
         load_images(tmp_path / "missing.png")
+
+
+def test_sixteen_bit_gray_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's convert("L") clips 16-bit values at 255 (the image read white, silently)."""
+    Image = pytest.importorskip("PIL.Image")
+    gray = np.arange(0, 256, 4, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(gray).save(tmp_path / "8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")  # 0..65535
+    Image.fromarray(gray.astype(np.int32), mode="I").save(tmp_path / "32.tif")  # 8-bit values
+    eight, sixteen, thirty_two = load_images([tmp_path / f for f in ("8.png", "16.png", "32.tif")])
+    assert torch.equal(sixteen, eight) and torch.equal(thirty_two, eight)
+    with Image.open(tmp_path / "16.png") as image:  # datasets of Pillow images read alike
+        assert image.mode.startswith("I") and eight_bit(image, "16.png").tobytes() == gray.tobytes()
+    Image.fromarray(np.full((8, 8), 70000, np.int32), mode="I").save(tmp_path / "big.tif")
+    with pytest.raises(DataError, match=r"big\.tif: gray values in \[70000, 70000\]"):
+        load_images(tmp_path / "big.tif")
+
+
+def test_arrays_of_unsigned_or_empty_images_are_refused_by_name():
+    # Before: torch's "min_all not implemented for 'UInt16'" and an interpolation error.
+    with pytest.raises(DataError, match=r"integer pixels in \[1000, 1000\], expected 0\.\.255"):
+        load_images(np.full((8, 8), 1000, np.uint16))
+    assert load_images(np.full((8, 8), 200, np.uint16)).dtype == torch.uint8
+    with pytest.raises(DataError, match=r"an array of shape \(1, 0, 0\)"):
+        load_images(np.zeros((0, 0), np.uint8), size=(8, 8))

@@ -178,8 +178,30 @@ def _column(data: Any, given: str | None, defaults: Sequence[str], path: str) ->
     return found[0]
 
 
-def _pixels(image: Any, image_size: int | None) -> np.ndarray:
+def eight_bit(image: Any, where: str) -> Any:
+    """A Pillow image of 16- or 32-bit gray values ("I;16*", "I") scaled to 8 bits ("L"):
+    Pillow's own `convert("L")` clips them at 255, which turns a 16-bit image white. "I"
+    values up to 255 are taken as 8-bit, up to 65535 as 16-bit. Other modes as they are.
+
+    Raises:
+        DataError: naming `where`, for "I" values outside 0..65535.
+    """
+    if not image.mode.startswith("I"):
+        return image
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.int64)
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise DataError(f"{where}: gray values in [{low}, {high}], expected 0..65535")
+    if image.mode.startswith("I;16") or high > 255:
+        values = np.rint(values / 257)
+    return Image.fromarray(values.astype(np.uint8), mode="L")
+
+
+def _pixels(image: Any, image_size: int | None, where: str = "image") -> np.ndarray:
     """A Pillow image -> uint8 (H, W) or (H, W, 3)."""
+    image = eight_bit(image, where)
     image = image.convert("L" if image.mode in GRAY_MODES else "RGB")
     if image_size is not None and image.size != (image_size, image_size):
         image = image.resize((image_size, image_size))
@@ -388,11 +410,13 @@ def _image_tensor(item: Any, channels: int | None) -> Tensor:
         x = x[None]
     elif x.ndim == 3 and x.shape[-1] in (1, 3) and x.shape[0] not in (1, 3):
         x = x.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
-    if x.ndim != 3 or x.shape[0] not in (1, 3):
+    if x.ndim != 3 or x.shape[0] not in (1, 3) or not x.shape[1] or not x.shape[2]:
         raise DataError(
             f"load_images: an array of shape {tuple(x.shape)}; expected (H, W), "
-            "(C, H, W) or (H, W, C) with C in {1, 3}, or a batch (B, C, H, W)"
+            "(C, H, W) or (H, W, C) with C in {1, 3} and H, W > 0, or a batch (B, C, H, W)"
         )
+    if x.dtype in (torch.uint16, torch.uint32, torch.uint64):  # no min/max kernels for these
+        x = x.to(torch.int64)
     low, high = (x.min().item(), x.max().item()) if x.numel() else (0, 0)
     if x.is_floating_point() and not 0 <= low <= high <= 1:
         raise DataError(
@@ -417,7 +441,8 @@ def _read_image(path: Path, channels: int | None) -> Tensor:
     except ImportError as err:
         raise ImportError("reading image files needs Pillow: pip install pillow") from err
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image = eight_bit(opened, str(path))
             gray = channels == 1 or (channels is None and image.mode in GRAY_MODES)
             pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
     except OSError as err:
