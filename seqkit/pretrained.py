@@ -78,6 +78,13 @@ def check_output_model_directory(directory: Path) -> None:
     check_output_directory(directory, "seqkit model directory", is_model_directory)
 
 
+def is_export(directory: Path, format_: str, marker: str) -> bool:
+    """Whether `directory` holds an export of `format_`: its seqkit.json says so, or it has
+    none yet but holds the export's `marker` file (an export killed before seqkit.json)."""
+    found = export_format(directory)
+    return found == format_ or (found is None and (Path(directory) / marker).is_file())
+
+
 def is_model_directory(directory: Path) -> bool:
     """Whether `directory` holds a seqkit model directory's weights (a whole one, or one whose
     export was killed before config.json), and is not an engine's export."""

@@ -27,6 +27,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,10 @@ from seqkit.data.tags import source_tag_id, tag_sources, target_languages
 from seqkit.data.tokenizer import Tokenizers
 from seqkit.decoding import DecodingConfig
 from seqkit.export import CTRANSLATE2_COMPUTE_TYPES
+from seqkit.pretrained import EXPORT_META_FILE as META_FILE  # CTranslate2 writes config.json
 from seqkit.tokens import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
 from seqkit.translator import Scored, Translation
 
-META_FILE = "seqkit.json"
-"""seqkit's file in an export (CTranslate2 writes config.json itself)."""
 FORMAT = "ctranslate2"
 INSTALL = "pip install 'seqkit[ctranslate2]'"
 
@@ -136,12 +136,9 @@ def _check_exportable(model_dir: Path) -> None:
 def _check_output(model_dir: Path, out_dir: Path) -> None:
     """The converter deletes `out_dir` first: only an empty place or an earlier CTranslate2
     export (one killed before its seqkit.json holds CTranslate2's model.bin)."""
-    from seqkit.pretrained import check_output_directory, export_format
+    from seqkit.pretrained import check_output_directory, is_export
 
-    def earlier(d: Path) -> bool:
-        found = export_format(d)
-        return found == FORMAT or (found is None and (d / "model.bin").is_file())
-
+    earlier = partial(is_export, format_=FORMAT, marker="model.bin")
     check_output_directory(out_dir, "CTranslate2 export", earlier, source=model_dir)
 
 

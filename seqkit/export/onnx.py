@@ -31,6 +31,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,12 @@ from torch import Tensor, nn
 
 from seqkit.decoding import DecodingConfig, Hypothesis, length_limits, search
 from seqkit.models.transformer import Transformer
+from seqkit.pretrained import EXPORT_META_FILE as META_FILE
 from seqkit.sampling import Decoding
 from seqkit.tokens import BOS, EOS, PAD
 from seqkit.translator import Translator
 
-META_FILE, ENCODER_FILE, DECODER_FILE = "seqkit.json", "encoder.onnx", "decoder.onnx"
+ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 FORMAT, FORMAT_VERSION, OPSET = "onnx", 1, 17
 INSTALL = "pip install 'seqkit[onnx]'"
 NEW = "new."
@@ -179,15 +181,11 @@ def export_onnx(model_dir: str | Path, out: str | Path) -> Path:
         ValueError: for a model directory seqkit refuses, or an `out` that is the model
             directory, a file, or a folder holding anything but an earlier ONNX export.
     """
-    from seqkit.pretrained import check_output_directory, export_format
+    from seqkit.pretrained import check_output_directory, is_export
 
     onnx = _require("onnx")
     model_dir, out = Path(model_dir), Path(out)
-
-    def earlier(d: Path) -> bool:  # one killed before its seqkit.json holds the graphs
-        found = export_format(d)
-        return found == FORMAT or (found is None and (d / ENCODER_FILE).is_file())
-
+    earlier = partial(is_export, format_=FORMAT, marker=ENCODER_FILE)
     check_output_directory(out, "ONNX export", earlier, source=model_dir)
     translator = Translator.from_pretrained(model_dir)
     (out / META_FILE).unlink(missing_ok=True)  # written last: a killed export is refused
